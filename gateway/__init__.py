@@ -1,0 +1,58 @@
+"""Contractor access-governance gateway."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
+
+from gateway.config import Config
+
+__all__ = ["create_app"]
+
+RESERVED_PREFIX = "/_gateway"
+
+
+class _Dispatcher:
+    """Send `/_gateway/...` to Flask's own views and everything else through the pipeline.
+
+    Proxied paths bypass Flask's router on purpose: it would merge `//`, redirect on
+    trailing slashes and decode the path before our normaliser could see the raw form.
+    """
+
+    def __init__(self, flask_wsgi: Any, pipeline: Any) -> None:
+        self.flask_wsgi = flask_wsgi
+        self.pipeline = pipeline
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == RESERVED_PREFIX or path.startswith(RESERVED_PREFIX + "/"):
+            return self.flask_wsgi(environ, start_response)
+        response = self.pipeline.handle(Request(environ))
+        return response(environ, start_response)
+
+
+def _json_http_error(error: HTTPException) -> Any:
+    name = (error.name or "error").lower().replace(" ", "_")
+    return jsonify(error=name, message=error.description), error.code or 500
+
+
+def create_app(config: Config) -> Flask:
+    from gateway.api import health_blueprint
+    from gateway.services import build_services
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Casbin logs every model line at INFO on each enforcer build.
+    logging.getLogger("casbin").setLevel(logging.WARNING)
+    app = Flask(__name__)
+    services = build_services(config)
+    app.extensions["gateway"] = services
+    app.register_blueprint(health_blueprint)
+    app.register_error_handler(HTTPException, _json_http_error)
+    app.wsgi_app = _Dispatcher(app.wsgi_app, services.pipeline)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,49 @@
+"""Row hashing for the per-writer hash chain (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+GENESIS = "0" * 64
+
+# The fields a row hash covers, in a fixed order; adding one is a schema change.
+HASHED_FIELDS = (
+    "time",
+    "request_id",
+    "issuer",
+    "subject",
+    "vendor",
+    "client_ip",
+    "user_agent",
+    "method",
+    "path",
+    "project",
+    "task",
+    "record_id",
+    "record_sha256",
+    "action",
+    "decision",
+    "reason",
+    "policy_version",
+    "upstream_status",
+    "bytes",
+    "chain_id",
+    "seq",
+    "prev_hash",
+)
+
+
+def canonical_time(value: datetime) -> str:
+    """Microsecond UTC text; naive values (SQLite reads) are taken as UTC."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    values = [
+        canonical_time(row["time"]) if name == "time" else row.get(name) for name in HASHED_FIELDS
+    ]
+    return hashlib.sha256(orjson.dumps(values)).hexdigest()

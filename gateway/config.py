@@ -1,0 +1,380 @@
+"""Gateway configuration: one TOML file, environment overrides, `${ENV}` secrets.
+
+A bad configuration is refused at start with a message that names the key and the
+problem, so an operator never finds out about a typo from a 500 at request time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "policies" / "model.conf"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key '{key}': {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    name: str
+    issuer: str
+    audience: str
+    vendor: str | None = None
+    vendor_claim: str | None = None
+    roles_claim: str = "roles"
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    discovery_url: str | None = None
+    leeway_seconds: int = 30
+    jwks_min_refresh_seconds: float = 30.0
+    # Opaque (non-JWT) access tokens: "auto" uses RFC 7662 introspection when the
+    # issuer advertises it and we hold client credentials, else userinfo. Off by default:
+    # an opaque token names no issuer, so only one issuer may be asked about them.
+    opaque_tokens: str = "reject"
+    client_id: str | None = None
+    client_secret: str | None = None
+    opaque_cache_seconds: float = 60.0
+
+    @property
+    def discovery(self) -> str:
+        if self.discovery_url:
+            return self.discovery_url
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    path: str
+    methods: tuple[str, ...]
+    action: str
+    records: str | None = None
+    record_id: str | None = None
+    record_project: str | None = None
+    record_task: str | None = None
+    project: str | None = None
+    query_params: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    connect_timeout: float = 3.0
+    read_timeout: float = 30.0
+    pool_size: int = 32
+    max_record_body_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    batch_max_rows: int = 5000
+    commit_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    model: str = str(DEFAULT_MODEL_PATH)
+    poll_interval_seconds: float = 1.0
+    decision_cache_size: int = 200_000
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    assertion_ttl_seconds: int = 60
+    # Number of reverse proxies in front of us whose X-Forwarded-For we believe.
+    trusted_proxy_hops: int = 0
+    token_cache_size: int = 100_000
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    issuers: tuple[IssuerConfig, ...]
+    upstream: UpstreamConfig
+    routes: tuple[RouteConfig, ...]
+    audit: AuditConfig = AuditConfig()
+    policy: PolicyConfig = PolicyConfig()
+    gateway: GatewaySettings = GatewaySettings()
+
+
+def expand_env(value: Any, key: str) -> Any:
+    """Replace `${NAME}` in strings with the environment's value; a missing one is an error."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(key, f"environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
+    """`GATEWAY_DATABASE__URL=...` overrides `[database] url`; values parse as TOML if they can."""
+    for name, text in environ.items():
+        if not name.startswith("GATEWAY_") or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len("GATEWAY_") :].split("__")]
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(path), f"{name} overrides a value that is not a table")
+            node = child
+        node[path[-1]] = value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+) -> Config:
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get("GATEWAY_CONFIG")
+    if not path:
+        raise ConfigError(
+            "GATEWAY_CONFIG", "no configuration file given (--config or GATEWAY_CONFIG)"
+        )
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("GATEWAY_CONFIG", f"file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("GATEWAY_CONFIG", f"{path} is not valid TOML: {error}") from None
+    apply_env_overrides(raw, environ)
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    known = {"database", "issuers", "upstream", "routes", "audit", "policy", "gateway"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(key, f"unknown section (expected one of {sorted(known)})")
+    database = _table(raw, "database")
+    database_url = _str(expand_env(database.get("url"), "database.url"), "database.url")
+    issuers = tuple(
+        _issuer(expand_env(item, f"issuers[{i}]"), f"issuers[{i}]")
+        for i, item in enumerate(_list(raw, "issuers"))
+    )
+    if not issuers:
+        raise ConfigError("issuers", "at least one trusted issuer is required")
+    names = [issuer.name for issuer in issuers]
+    if len(set(names)) != len(names):
+        raise ConfigError("issuers", "issuer names must be unique")
+    if len({issuer.issuer for issuer in issuers}) != len(issuers):
+        raise ConfigError("issuers", "each issuer URL may be configured once")
+    opaque = [issuer.name for issuer in issuers if issuer.opaque_tokens != "reject"]
+    if len(opaque) > 1:
+        # Sending one IdP's opaque token to another would hand it a replayable credential.
+        raise ConfigError(
+            "issuers.opaque_tokens", f"only one issuer may accept opaque tokens, not {opaque}"
+        )
+    upstream = _upstream(expand_env(_table(raw, "upstream"), "upstream"))
+    routes = tuple(_route(item, f"routes[{i}]") for i, item in enumerate(_list(raw, "routes")))
+    audit_raw = raw.get("audit", {})
+    policy_raw = raw.get("policy", {})
+    gateway_raw = raw.get("gateway", {})
+    return Config(
+        database_url=database_url,
+        issuers=issuers,
+        upstream=upstream,
+        routes=routes,
+        audit=_build(AuditConfig, audit_raw, "audit"),
+        policy=_build(PolicyConfig, policy_raw, "policy"),
+        gateway=_build(GatewaySettings, gateway_raw, "gateway"),
+    )
+
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise ConfigError(key, "missing table" if value is None else "must be a table")
+    return value
+
+
+def _list(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(key, "must be an array of tables ([[" + key + "]])")
+    return value
+
+
+def _str(value: Any, key: str, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "missing" if value is None else "must be a non-empty string")
+    return value
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(key, "must be a table")
+    fields = cls.__dataclass_fields__
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in fields:
+            raise ConfigError(f"{key}.{name}", "unknown key")
+        default = fields[name].default
+        if isinstance(default, bool) or not isinstance(default, int | float | str):
+            values[name] = value
+            continue
+        expected = (int, float) if isinstance(default, float) else type(default)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigError(f"{key}.{name}", f"must be a {type(default).__name__}")
+        if isinstance(value, int | float) and value <= 0:
+            raise ConfigError(f"{key}.{name}", "must be positive")
+        values[name] = value
+    return cls(**values)
+
+
+def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
+    allowed = set(IssuerConfig.__dataclass_fields__)
+    for name in raw:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", "unknown key")
+    name = _str(raw.get("name"), f"{key}.name")
+    if not _NAME.match(name):
+        raise ConfigError(f"{key}.name", "use lower-case letters, digits, '.', '_' or '-'")
+    issuer = _str(raw.get("issuer"), f"{key}.issuer")
+    if not issuer.startswith(("https://", "http://")):
+        raise ConfigError(f"{key}.issuer", "must be an http(s) URL")
+    _str(raw.get("audience"), f"{key}.audience")
+    vendor = _str(raw.get("vendor"), f"{key}.vendor", optional=True)
+    vendor_claim = _str(raw.get("vendor_claim"), f"{key}.vendor_claim", optional=True)
+    if (vendor is None) == (vendor_claim is None):
+        raise ConfigError(f"{key}.vendor", "set exactly one of 'vendor' or 'vendor_claim'")
+    if vendor is not None and not _NAME.match(vendor):
+        raise ConfigError(f"{key}.vendor", "use lower-case letters, digits, '.', '_' or '-'")
+    algorithms = raw.get("algorithms", list(IssuerConfig.algorithms))
+    if not isinstance(algorithms, list) or not algorithms:
+        raise ConfigError(f"{key}.algorithms", "must be a non-empty list")
+    for alg in algorithms:
+        if alg not in ALLOWED_ALGORITHMS:
+            raise ConfigError(
+                f"{key}.algorithms",
+                f"{alg!r} is not allowed (asymmetric only: {sorted(ALLOWED_ALGORITHMS)})",
+            )
+    opaque = raw.get("opaque_tokens", "reject")
+    if opaque not in ("auto", "introspection", "userinfo", "reject"):
+        raise ConfigError(f"{key}.opaque_tokens", "must be auto, introspection, userinfo or reject")
+    if opaque == "introspection" and not (raw.get("client_id") and raw.get("client_secret")):
+        raise ConfigError(f"{key}.client_id", "introspection needs client_id and client_secret")
+    for numeric in ("leeway_seconds", "jwks_min_refresh_seconds", "opaque_cache_seconds"):
+        if numeric in raw and (
+            isinstance(raw[numeric], bool)
+            or not isinstance(raw[numeric], int | float)
+            or raw[numeric] < 0
+        ):
+            raise ConfigError(f"{key}.{numeric}", "must be a non-negative number")
+    return IssuerConfig(
+        name=name,
+        issuer=issuer.rstrip("/"),
+        audience=raw["audience"],
+        vendor=vendor,
+        vendor_claim=vendor_claim,
+        roles_claim=raw.get("roles_claim", "roles"),
+        algorithms=tuple(algorithms),
+        discovery_url=raw.get("discovery_url"),
+        leeway_seconds=int(raw.get("leeway_seconds", 30)),
+        jwks_min_refresh_seconds=float(raw.get("jwks_min_refresh_seconds", 30.0)),
+        opaque_tokens=opaque,
+        client_id=raw.get("client_id"),
+        client_secret=raw.get("client_secret"),
+        opaque_cache_seconds=float(raw.get("opaque_cache_seconds", 60.0)),
+    )
+
+
+def _upstream(raw: dict[str, Any]) -> UpstreamConfig:
+    url = _str(raw.get("url"), "upstream.url")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("upstream.url", "must be an http(s) URL")
+    headers = raw.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError("upstream.headers", "must be a table of string values")
+    rest = {k: v for k, v in raw.items() if k not in ("url", "headers")}
+    base = _build(UpstreamConfig, {"url": url, **rest}, "upstream")
+    return UpstreamConfig(**{**base.__dict__, "headers": headers})
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z]+)\}")
+
+
+def _route(raw: dict[str, Any], key: str) -> RouteConfig:
+    allowed = set(RouteConfig.__dataclass_fields__)
+    for name in raw:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", "unknown key")
+    path = _str(raw.get("path"), f"{key}.path")
+    if not path.startswith("/") or path.startswith("/_gateway"):
+        raise ConfigError(
+            f"{key}.path", "must start with '/' and not use the reserved /_gateway prefix"
+        )
+    for placeholder in _PLACEHOLDER.findall(path):
+        if placeholder not in ("project", "task", "record"):
+            raise ConfigError(f"{key}.path", f"unknown placeholder {{{placeholder}}}")
+    methods = raw.get("methods", ["GET"])
+    if not isinstance(methods, list) or not methods:
+        raise ConfigError(f"{key}.methods", "must be a non-empty list")
+    for method in methods:
+        if method not in HTTP_METHODS:
+            raise ConfigError(f"{key}.methods", f"unknown method {method!r}")
+    action = _str(raw.get("action"), f"{key}.action")
+    records = _str(raw.get("records"), f"{key}.records", optional=True)
+    record_id = _str(raw.get("record_id"), f"{key}.record_id", optional=True)
+    if (records is None) != (record_id is None):
+        raise ConfigError(f"{key}.records", "'records' and 'record_id' go together")
+    project = _str(raw.get("project"), f"{key}.project", optional=True)
+    record_project = _str(raw.get("record_project"), f"{key}.record_project", optional=True)
+    if record_project and not records:
+        raise ConfigError(f"{key}.record_project", "needs 'records' and 'record_id'")
+    if "{project}" not in path and not project and not record_project:
+        raise ConfigError(
+            f"{key}.path",
+            "a route must name its project: {project} in the path, 'project', or 'record_project'",
+        )
+    query = raw.get("query_params")
+    if query is not None and (
+        not isinstance(query, list) or not all(isinstance(q, str) for q in query)
+    ):
+        raise ConfigError(f"{key}.query_params", "must be a list of parameter names")
+    return RouteConfig(
+        path=path,
+        methods=tuple(methods),
+        action=action,
+        records=records,
+        record_id=record_id,
+        record_project=record_project,
+        record_task=_str(raw.get("record_task"), f"{key}.record_task", optional=True),
+        project=project,
+        query_params=tuple(query) if query is not None else None,
+    )

@@ -1,0 +1,448 @@
+"""The request pipeline (DESIGN.md §2), in order, in one place.
+
+identify → route → authorize → forward → inspect records → audit, then release.
+
+Every stage either hands a typed result to the next or raises a `Denial`; every request
+ends in exactly one audit decision, and no byte of a record leaves before its access row
+is committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import urllib3
+from werkzeug.wrappers import Request, Response
+
+from gateway.audit import AuditUnavailable, AuditWriter
+from gateway.config import Config
+from gateway.identity import AuthError, Principal, TokenVerifier
+from gateway.policy import PolicyEngine
+from gateway.records import ExtractedRecord, RecordError, extract_records
+from gateway.records.selection import remove_records
+from gateway.routemap import PathRejected, RouteError, RouteMap, RouteMatch, normalise_path
+from gateway.routemap.normalise import split_request_target
+from gateway.upstream import (
+    AssertionSigner,
+    Upstream,
+    UpstreamError,
+    request_headers_for_upstream,
+    response_headers_for_client,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BODY = 10 * 1024 * 1024
+STREAM_CHUNK = 64 * 1024
+
+
+class Denial(Exception):
+    """A request that ends here; `reason` goes to the access log, `error` to the client."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+        policy_version: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.reason = reason or error
+        self.headers = headers or {}
+        self.policy_version = policy_version
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    time: datetime
+    method: str
+    raw_path: str
+    query: str
+    client_ip: str | None
+    user_agent: str | None
+    target_error: str | None = None
+    principal: Principal | None = None
+    match: RouteMatch | None = None
+    policy_version: int | None = None
+    # (project, task) pairs already allowed for this request, so records need no second check.
+    prechecked: set[tuple[str, str]] = field(default_factory=set)
+
+    def row(self, *, decision: str, reason: str | None, **fields: Any) -> dict[str, Any]:
+        principal, match = self.principal, self.match
+        return {
+            "time": self.time,
+            "request_id": self.request_id,
+            "issuer": principal.issuer if principal else None,
+            "subject": principal.subject if principal else None,
+            "vendor": principal.vendor if principal else None,
+            "client_ip": self.client_ip,
+            "user_agent": (self.user_agent or "")[:512] or None,
+            "method": self.method,
+            "path": (match.path if match else self.raw_path)[:2048],
+            "project": match.project if match else None,
+            "task": match.task if match and match.task != "*" else None,
+            "record_id": match.record if match else None,
+            "record_sha256": None,
+            "action": match.route.action if match else None,
+            "decision": decision,
+            "reason": reason,
+            "policy_version": self.policy_version,
+            "upstream_status": None,
+            "bytes": None,
+            **fields,
+        }
+
+
+def json_error(
+    status: int, error: str, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = orjson.dumps({"error": error, "message": message, "request_id": request_id})
+    response = Response(body, status=status, mimetype="application/json", headers=headers)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        verifier: TokenVerifier,
+        routes: RouteMap,
+        policy: PolicyEngine,
+        upstream: Upstream,
+        signer: AssertionSigner,
+        audit: AuditWriter,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.routes = routes
+        self.policy = policy
+        self.upstream = upstream
+        self.signer = signer
+        self.audit = audit
+
+    # --- entry -------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        ctx = self._context(request)
+        try:
+            try:
+                return self._run(ctx, request)
+            except Denial as denial:
+                self.audit.write(
+                    [
+                        ctx.row(
+                            decision="deny",
+                            reason=denial.reason,
+                            policy_version=denial.policy_version,
+                        )
+                    ]
+                )
+                return json_error(
+                    denial.status, denial.error, denial.message, ctx.request_id, denial.headers
+                )
+        except AuditUnavailable:
+            return json_error(
+                503,
+                "audit_unavailable",
+                "the access log cannot be written; nothing was released",
+                ctx.request_id,
+            )
+        except Exception:
+            # A bug must still fail closed and answer in the same JSON shape.
+            log.exception("request %s failed", ctx.request_id)
+            with contextlib.suppress(AuditUnavailable):
+                self.audit.write([ctx.row(decision="deny", reason="internal_error")])
+            return json_error(
+                500, "internal_error", "the gateway failed to handle this request", ctx.request_id
+            )
+
+    def _context(self, request: Request) -> RequestContext:
+        environ = request.environ
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
+        target_error = None
+        try:
+            raw_path, query = split_request_target(target)
+        except PathRejected as rejected:
+            raw_path, query, target_error = request.path, "", rejected.reason
+        return RequestContext(
+            request_id=secrets.token_hex(12),
+            time=datetime.now(UTC),
+            method=request.method,
+            raw_path=raw_path,
+            query=query,
+            client_ip=self._client_ip(request),
+            user_agent=request.headers.get("User-Agent"),
+            target_error=target_error,
+        )
+
+    def _client_ip(self, request: Request) -> str | None:
+        hops = self.config.gateway.trusted_proxy_hops
+        remote = request.environ.get("REMOTE_ADDR")
+        if hops <= 0:
+            return remote
+        chain = [
+            p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",") if p.strip()
+        ]
+        chain.append(remote or "")
+        return chain[-hops - 1] if len(chain) > hops else chain[0]
+
+    # --- stages ------------------------------------------------------------------------
+
+    def _run(self, ctx: RequestContext, request: Request) -> Response:
+        path = self._normalise(ctx)
+        ctx.principal = self._identify(request)
+        ctx.match = self._route(ctx, path)
+        self._authorize(ctx)
+        upstream_response = self._forward(ctx, request)
+        spec = ctx.match.route.records
+        if spec is not None and 200 <= upstream_response.status < 300:
+            return self._release_records(ctx, upstream_response)
+        return self._release_stream(ctx, upstream_response)
+
+    def _identify(self, request: Request) -> Principal:
+        try:
+            return self.verifier.authenticate(request.headers.get("Authorization"))
+        except AuthError as error:
+            challenge = (
+                f'Bearer realm="gateway", error="{error.error}", '
+                f'error_description="{error.description}"'
+            )
+            headers = {"WWW-Authenticate": challenge} if error.status == 401 else {}
+            raise Denial(error.status, error.error, error.description, headers=headers) from None
+
+    def _normalise(self, ctx: RequestContext) -> str:
+        """Hostile path forms are refused before anything else looks at the request."""
+        if ctx.target_error is not None:
+            raise Denial(400, "bad_path", ctx.target_error)
+        try:
+            return normalise_path(ctx.raw_path)
+        except PathRejected as rejected:
+            raise Denial(400, "bad_path", rejected.reason) from None
+
+    def _route(self, ctx: RequestContext, path: str) -> RouteMatch:
+        try:
+            return self.routes.match(ctx.method, path, ctx.query)
+        except RouteError as error:
+            raise Denial(error.status, error.error, error.message) from None
+
+    def _authorize(self, ctx: RequestContext) -> None:
+        match, principal = ctx.match, ctx.principal
+        assert match is not None and principal is not None
+        spec = match.route.records
+        if match.project is None or (spec is not None and spec.record_task is not None):
+            # Project or task is known only from the response body; each record is checked there.
+            ctx.policy_version = self.policy.version
+            return
+        decision = self.policy.decide(
+            principal.policy_subject,
+            principal.vendor,
+            match.project,
+            match.task,
+            match.route.action,
+        )
+        ctx.policy_version = decision.version
+        if not decision.allowed:
+            raise Denial(
+                403,
+                "forbidden",
+                "not allowed by policy",
+                reason=decision.reason,
+                policy_version=decision.version,
+            )
+        ctx.prechecked.add((match.project, match.task))
+
+    def _forward(self, ctx: RequestContext, request: Request) -> urllib3.BaseHTTPResponse:
+        match, principal = ctx.match, ctx.principal
+        assert match is not None and principal is not None
+        headers = request_headers_for_upstream(request.headers.items())
+        headers.update(self.config.upstream.headers)
+        headers["Accept-Encoding"] = "identity"
+        headers["X-Request-Id"] = ctx.request_id
+        if ctx.client_ip:
+            headers["X-Forwarded-For"] = ctx.client_ip
+        headers["X-Gateway-Assertion"] = self.signer.sign(
+            {
+                "sub": principal.policy_subject,
+                "vendor": principal.vendor,
+                "project": match.project,
+                "task": None if match.task == "*" else match.task,
+                "rid": ctx.request_id,
+            }
+        )
+        body = None
+        if ctx.method in ("POST", "PUT", "PATCH", "DELETE"):
+            length = request.content_length
+            if length is not None and length > MAX_REQUEST_BODY:
+                raise Denial(413, "body_too_large", "request body is too large")
+            body = request.get_data(cache=False)
+            if len(body) > MAX_REQUEST_BODY:
+                raise Denial(413, "body_too_large", "request body is too large")
+        try:
+            return self.upstream.send(ctx.method, match.path, ctx.query, headers, body)
+        except UpstreamError as error:
+            raise Denial(
+                error.status,
+                error.error,
+                error.message,
+                reason=error.error,
+                policy_version=ctx.policy_version,
+            ) from None
+
+    def _release_records(
+        self, ctx: RequestContext, upstream_response: urllib3.BaseHTTPResponse
+    ) -> Response:
+        match, principal = ctx.match, ctx.principal
+        assert match is not None and principal is not None and match.route.records is not None
+        spec = match.route.records
+        try:
+            raw = _read_capped(upstream_response, self.config.upstream.max_record_body_bytes)
+            body = orjson.loads(raw)
+            selected, records = extract_records(spec, body)
+        except (orjson.JSONDecodeError, RecordError, _TooLarge) as error:
+            reason = "upstream_too_large" if isinstance(error, _TooLarge) else "upstream_malformed"
+            log.warning("record route %s: %s", match.path, error)
+            raise Denial(
+                502,
+                "bad_upstream_response",
+                "the dataset service returned a body the gateway cannot account for",
+                reason=reason,
+                policy_version=ctx.policy_version,
+            ) from None
+        finally:
+            upstream_response.release_conn()
+        keep = [self._record_allowed(ctx, record) for record in records]
+        rows = []
+        for record, kept in zip(records, keep, strict=True):
+            rows.append(
+                ctx.row(
+                    decision="allow" if kept else "filtered",
+                    reason="released" if kept else "record_policy_denied",
+                    project=record.project or match.project,
+                    task=record.task or (match.task if match.task != "*" else None),
+                    record_id=record.record_id,
+                    record_sha256=record.sha256,
+                    upstream_status=upstream_response.status,
+                    bytes=record.size if kept else 0,
+                )
+            )
+        if not all(keep):
+            if spec.single:
+                rows[0]["reason"] = "record_policy_denied"
+                self.audit.write(rows)
+                return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
+            try:
+                remove_records(spec, body, selected, keep)
+            except RecordError as error:
+                raise Denial(
+                    502,
+                    "bad_upstream_response",
+                    str(error),
+                    reason="unfilterable",
+                    policy_version=ctx.policy_version,
+                ) from None
+            raw = orjson.dumps(body)
+        if not rows:
+            rows.append(
+                ctx.row(
+                    decision="allow",
+                    reason="no_records",
+                    upstream_status=upstream_response.status,
+                    bytes=len(raw),
+                )
+            )
+        self.audit.write(rows)
+        response = Response(
+            raw,
+            status=upstream_response.status,
+            headers=response_headers_for_client(upstream_response.headers.items()),
+        )
+        response.headers["X-Request-Id"] = ctx.request_id
+        return response
+
+    def _record_allowed(self, ctx: RequestContext, record: ExtractedRecord) -> bool:
+        match, principal = ctx.match, ctx.principal
+        assert match is not None and principal is not None
+        project = record.project or match.project
+        task = record.task or match.task
+        if project is None:
+            return False
+        if (project, task) in ctx.prechecked:
+            return True
+        decision = self.policy.decide(
+            principal.policy_subject, principal.vendor, project, task, match.route.action
+        )
+        if ctx.policy_version is None or decision.version > ctx.policy_version:
+            ctx.policy_version = decision.version
+        if decision.allowed:
+            ctx.prechecked.add((project, task))
+        return decision.allowed
+
+    def _release_stream(
+        self, ctx: RequestContext, upstream_response: urllib3.BaseHTTPResponse
+    ) -> Response:
+        match = ctx.match
+        assert match is not None
+        length = upstream_response.headers.get("Content-Length")
+        row = ctx.row(
+            decision="allow",
+            reason="released"
+            if 200 <= upstream_response.status < 400
+            else f"upstream_{upstream_response.status}",
+            upstream_status=upstream_response.status,
+            bytes=int(length) if length and length.isdigit() else None,
+        )
+        try:
+            self.audit.write([row])
+        except AuditUnavailable:
+            upstream_response.release_conn()
+            raise
+        response = Response(
+            _stream(upstream_response),
+            status=upstream_response.status,
+            headers=response_headers_for_client(upstream_response.headers.items()),
+            direct_passthrough=True,
+        )
+        if length and length.isdigit():
+            response.headers["Content-Length"] = length
+        response.headers["X-Request-Id"] = ctx.request_id
+        return response
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
+    chunks = []
+    total = 0
+    for chunk in response.stream(STREAM_CHUNK, decode_content=False):
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge(f"record body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _stream(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    try:
+        yield from response.stream(STREAM_CHUNK, decode_content=False)
+    except urllib3.exceptions.HTTPError:
+        log.warning("upstream stream broke off")
+    finally:
+        response.release_conn()

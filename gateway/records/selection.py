@@ -1,0 +1,115 @@
+"""Pick the records out of a JSON body with JMESPath and fingerprint each one."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import jmespath
+import orjson
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+
+from gateway.config import ConfigError, RouteConfig
+
+
+class RecordError(Exception):
+    """The upstream body does not have the shape the route promises."""
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    records: ParsedResult
+    record_id: ParsedResult
+    record_project: ParsedResult | None
+    record_task: ParsedResult | None
+    single: bool
+
+    @classmethod
+    def from_route(cls, route: RouteConfig) -> RecordSpec:
+        assert route.records and route.record_id
+
+        def compile_expression(expression: str | None, key: str) -> ParsedResult | None:
+            if expression is None:
+                return None
+            try:
+                return jmespath.compile(expression)
+            except JMESPathError as error:
+                raise ConfigError(f"routes[{route.path}].{key}", f"bad JMESPath: {error}") from None
+
+        records = compile_expression(route.records, "records")
+        record_id = compile_expression(route.record_id, "record_id")
+        assert records is not None and record_id is not None
+        return cls(
+            records=records,
+            record_id=record_id,
+            record_project=compile_expression(route.record_project, "record_project"),
+            record_task=compile_expression(route.record_task, "record_task"),
+            single=route.records.strip() == "@",
+        )
+
+    @property
+    def per_record_policy(self) -> bool:
+        return self.record_project is not None or self.record_task is not None
+
+
+@dataclass(frozen=True)
+class ExtractedRecord:
+    record_id: str
+    sha256: str
+    size: int
+    project: str | None
+    task: str | None
+
+
+def _scalar(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecordError(f"record {what} is not a string or integer")
+    text = str(value)
+    if not text or len(text) > 255:
+        raise RecordError(f"record {what} is empty or too long")
+    return text
+
+
+def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[ExtractedRecord]]:
+    """Return the selected list (the very object inside `body`) and each record's facts."""
+    if spec.single:
+        selected: Any = [body]
+    else:
+        selected = spec.records.search(body)
+        if selected is None:
+            selected = []
+    if not isinstance(selected, list):
+        raise RecordError("records selection is not a list")
+    extracted = []
+    for record in selected:
+        if not isinstance(record, dict):
+            raise RecordError("a record is not a JSON object")
+        record_id = _scalar(spec.record_id.search(record), "id")
+        if record_id is None:
+            raise RecordError("a record has no id")
+        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        extracted.append(
+            ExtractedRecord(
+                record_id=record_id,
+                sha256=hashlib.sha256(canonical).hexdigest(),
+                size=len(canonical),
+                project=_scalar(spec.record_project.search(record), "project")
+                if spec.record_project
+                else None,
+                task=_scalar(spec.record_task.search(record), "task") if spec.record_task else None,
+            )
+        )
+    return selected, extracted
+
+
+def remove_records(spec: RecordSpec, body: Any, selected: list[Any], keep: list[bool]) -> None:
+    """Drop records in place; refuse if the selection is a copy we cannot write back through."""
+    if spec.single:
+        raise RecordError("a single-record body cannot be partly released")
+    if spec.records.search(body) is not selected:
+        raise RecordError("records selection is computed, so filtered records cannot be removed")
+    selected[:] = [record for record, kept in zip(selected, keep, strict=True) if kept]

@@ -1,0 +1,68 @@
+"""Wiring: build every long-lived component of one gateway process from the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from gateway.audit import AuditWriter
+from gateway.config import Config
+from gateway.db.session import make_engine
+from gateway.identity import TokenVerifier
+from gateway.pipeline import Pipeline
+from gateway.policy import PolicyEngine
+from gateway.routemap import RouteMap
+from gateway.upstream import AssertionSigner, Upstream
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Engine
+    verifier: TokenVerifier
+    policy: PolicyEngine
+    audit: AuditWriter
+    signer: AssertionSigner
+    pipeline: Pipeline
+
+
+def build_services(config: Config) -> Services:
+    db = make_engine(config.database_url)
+    verifier = TokenVerifier(config.issuers, cache_size=config.gateway.token_cache_size)
+    policy = PolicyEngine(
+        db,
+        config.policy.model,
+        poll_interval=config.policy.poll_interval_seconds,
+        cache_size=config.policy.decision_cache_size,
+    )
+    audit = AuditWriter(
+        db,
+        batch_max_rows=config.audit.batch_max_rows,
+        commit_timeout=config.audit.commit_timeout_seconds,
+    )
+    signer = AssertionSigner(
+        db, ttl_seconds=config.gateway.assertion_ttl_seconds, audience=config.upstream.url
+    )
+    pipeline = Pipeline(
+        config,
+        verifier=verifier,
+        routes=RouteMap(config.routes),
+        policy=policy,
+        upstream=Upstream(config.upstream),
+        signer=signer,
+        audit=audit,
+    )
+    services = Services(config, db, verifier, policy, audit, signer, pipeline)
+    start_background(services)
+    return services
+
+
+def start_background(services: Services) -> None:
+    """Load policy now if the database allows, and keep it fresh from then on."""
+    try:
+        services.policy.refresh()
+    except Exception:
+        services.policy.last_error = "initial policy load failed"
+    services.policy.start()
+    services.audit.start()

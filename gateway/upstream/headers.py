@@ -1,0 +1,79 @@
+"""Header hygiene in both directions.
+
+Client headers are forwarded from an allow-list, not a block-list: the set of identity
+headers some upstream might trust (X-Forwarded-Email, X-Auth-Request-User, Remote-User,
+X-Original-URL, ...) has no end, and WSGI folds `X_Forwarded_Email` and
+`X-Forwarded-Email` into the same environ key anyway. Whatever is not known to be
+harmless does not reach the upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones seen in the wild.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    }
+)
+
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "cache-control",
+        "content-type",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-unmodified-since",
+        "pragma",
+        "range",
+        "user-agent",
+    }
+)
+
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "set-cookie", "server", "x-gateway-assertion"}
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    named: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def request_headers_for_upstream(
+    client_headers: Iterable[tuple[str, str]],
+    *,
+    extra_allowed: frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    headers_list = list(client_headers)
+    dropped = _connection_tokens(headers_list) | HOP_BY_HOP
+    allowed = FORWARDED_REQUEST_HEADERS | extra_allowed
+    forwarded: dict[str, str] = {}
+    for name, value in headers_list:
+        key = name.lower().replace("_", "-")
+        if key in dropped or key not in allowed or key != name.lower():
+            continue
+        forwarded[key] = value
+    return forwarded
+
+
+def response_headers_for_client(
+    upstream_headers: Iterable[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    headers_list = list(upstream_headers)
+    dropped = _connection_tokens(headers_list) | _RESPONSE_DROP
+    return [(name, value) for name, value in headers_list if name.lower() not in dropped]

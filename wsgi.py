@@ -1,0 +1,6 @@
+"""`gunicorn wsgi:app` — the configuration comes from GATEWAY_CONFIG."""
+
+from gateway import create_app
+from gateway.config import load_config
+
+app = create_app(load_config())
