@@ -134,7 +134,8 @@ class TokenVerifier:
             registry.validate(claims)
         except JoseError as error:
             raise AuthError("invalid_token", _claims_message(error)) from None
-        if token_type == "jwt" and any(  # noqa: S105 - a JOSE type, not a secretname in claims for name in _ID_TOKEN_CLAIMS):
+        is_plain_jwt = token_type == "jwt"  # noqa: S105 - a JOSE type name, not a secret
+        if is_plain_jwt and any(name in claims for name in _ID_TOKEN_CLAIMS):
             raise AuthError("invalid_token", "an ID token is not accepted as an access token")
         principal = self._principal(config, claims, expires_at=float(claims["exp"]))
         return principal, float(claims["exp"]) + config.leeway_seconds
