@@ -42,8 +42,8 @@ def canonical_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def row_hash(row: dict[str, Any]) -> str:
-    values = [
-        canonical_time(row["time"]) if name == "time" else row.get(name) for name in HASHED_FIELDS
-    ]
+def row_hash(row: dict[str, Any], time_text: str | None = None) -> str:
+    """SHA-256 over the hashed fields; `time_text` saves re-formatting a shared timestamp."""
+    values = [row.get(name) for name in HASHED_FIELDS]
+    values[0] = time_text or canonical_time(row["time"])
     return hashlib.sha256(orjson.dumps(values)).hexdigest()

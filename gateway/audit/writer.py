@@ -15,16 +15,41 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine
 
-from gateway.audit.chain import GENESIS, row_hash
-from gateway.db.models import AccessEvent
+from gateway.audit.chain import GENESIS, HASHED_FIELDS, canonical_time, row_hash
 
 log = logging.getLogger(__name__)
 
 
+COLUMNS = (*HASHED_FIELDS, "row_hash")
+# Column names are constants of this module, never input.
+_COPY_SQL = f"COPY access_log ({', '.join(COLUMNS)}) FROM STDIN"
+_PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
+_INSERT_SQL = f"INSERT INTO access_log ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
+
+
 class AuditUnavailable(Exception):
     pass
+
+
+def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Bulk insert at driver level: COPY on PostgreSQL, executemany on SQLite.
+
+    The ORM's per-row bookkeeping would cost more than the rest of a request, and this
+    runs for every record released.
+    """
+    driver = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        with driver.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cursor = driver.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(_INSERT_SQL, rows)
+        finally:
+            cursor.close()
 
 
 @dataclass
@@ -81,35 +106,42 @@ class AuditWriter:
                     break
                 batch.append(pending)
                 count += len(pending.rows)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as error:  # nothing of this batch is durable; the thread lives on
+                self._fail(batch, error)
 
     def _commit(self, batch: list[_Pending]) -> None:
         seq, prev = self._seq, self._prev
         values = []
+        time_texts: dict[Any, str] = {}
         for pending in batch:
             for row in pending.rows:
                 seq += 1
-                chained = {**row, "chain_id": self.chain_id, "seq": seq, "prev_hash": prev}
-                chained["row_hash"] = prev = row_hash(chained)
-                values.append(chained)
-        try:
-            with self._db.begin() as connection:
-                connection.execute(insert(AccessEvent), values)
-        except Exception as error:  # any failure means nothing of this batch is durable
-            self.healthy = False
-            self.last_error = type(error).__name__
-            log.error("audit commit failed: %s", error)
-            # The outcome of a failed commit can be unknown (the connection may drop after
-            # the server committed), so continue on a fresh chain rather than risk reusing
-            # sequence numbers of rows that did land.
-            self.chain_id, self._seq, self._prev = uuid.uuid4().hex, 0, GENESIS
-            for pending in batch:
-                pending.error = "audit store unavailable"
-                pending.done.set()
-            return
+                row["chain_id"], row["seq"], row["prev_hash"] = self.chain_id, seq, prev
+                stamp = row["time"]
+                time_text = time_texts.get(stamp) or time_texts.setdefault(
+                    stamp, canonical_time(stamp)
+                )
+                prev = row_hash(row, time_text)
+                values.append((*(row[name] for name in HASHED_FIELDS), prev))
+        with self._db.begin() as connection:
+            insert_rows(connection, values)
         self._seq, self._prev = seq, prev
         self.healthy = True
         self.last_error = None
         self.commits += 1
         for pending in batch:
+            pending.done.set()
+
+    def _fail(self, batch: list[_Pending], error: Exception) -> None:
+        self.healthy = False
+        self.last_error = type(error).__name__
+        log.error("audit commit failed: %s", error)
+        # The outcome of a failed commit can be unknown (the connection may drop after the
+        # server committed), so continue on a fresh chain rather than risk reusing sequence
+        # numbers of rows that did land.
+        self.chain_id, self._seq, self._prev = uuid.uuid4().hex, 0, GENESIS
+        for pending in batch:
+            pending.error = "audit store unavailable"
             pending.done.set()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
 
 from gateway.config import ConfigError, RouteConfig
 
@@ -18,23 +18,39 @@ class RecordError(Exception):
     """The upstream body does not have the shape the route promises."""
 
 
+Getter = Callable[[Any], Any]
+
+
+def compile_getter(expression: str) -> Getter:
+    """A JMESPath expression as a function; a plain field name skips the interpreter.
+
+    Record ids are read once per record on the hot path, and `record["id"]` is about
+    twenty times cheaper than walking the JMESPath AST for the same answer.
+    """
+    parsed = jmespath.compile(expression)
+    if parsed.parsed["type"] == "field":
+        name = parsed.parsed["value"]
+        return lambda value: value.get(name) if isinstance(value, dict) else None
+    return parsed.search
+
+
 @dataclass(frozen=True)
 class RecordSpec:
-    records: ParsedResult
-    record_id: ParsedResult
-    record_project: ParsedResult | None
-    record_task: ParsedResult | None
+    records: Getter
+    record_id: Getter
+    record_project: Getter | None
+    record_task: Getter | None
     single: bool
 
     @classmethod
     def from_route(cls, route: RouteConfig) -> RecordSpec:
         assert route.records and route.record_id
 
-        def compile_expression(expression: str | None, key: str) -> ParsedResult | None:
+        def compile_expression(expression: str | None, key: str) -> Getter | None:
             if expression is None:
                 return None
             try:
-                return jmespath.compile(expression)
+                return compile_getter(expression)
             except JMESPathError as error:
                 raise ConfigError(f"routes[{route.path}].{key}", f"bad JMESPath: {error}") from None
 
@@ -79,7 +95,7 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
     if spec.single:
         selected: Any = [body]
     else:
-        selected = spec.records.search(body)
+        selected = spec.records(body)
         if selected is None:
             selected = []
     if not isinstance(selected, list):
@@ -88,7 +104,7 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
     for record in selected:
         if not isinstance(record, dict):
             raise RecordError("a record is not a JSON object")
-        record_id = _scalar(spec.record_id.search(record), "id")
+        record_id = _scalar(spec.record_id(record), "id")
         if record_id is None:
             raise RecordError("a record has no id")
         canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
@@ -97,10 +113,10 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
                 record_id=record_id,
                 sha256=hashlib.sha256(canonical).hexdigest(),
                 size=len(canonical),
-                project=_scalar(spec.record_project.search(record), "project")
+                project=_scalar(spec.record_project(record), "project")
                 if spec.record_project
                 else None,
-                task=_scalar(spec.record_task.search(record), "task") if spec.record_task else None,
+                task=_scalar(spec.record_task(record), "task") if spec.record_task else None,
             )
         )
     return selected, extracted
@@ -110,6 +126,6 @@ def remove_records(spec: RecordSpec, body: Any, selected: list[Any], keep: list[
     """Drop records in place; refuse if the selection is a copy we cannot write back through."""
     if spec.single:
         raise RecordError("a single-record body cannot be partly released")
-    if spec.records.search(body) is not selected:
+    if spec.records(body) is not selected:
         raise RecordError("records selection is computed, so filtered records cannot be removed")
     selected[:] = [record for record, kept in zip(selected, keep, strict=True) if kept]
