@@ -19,7 +19,19 @@ DEFAULT_MODEL_PATH = PROJECT_ROOT / "policies" / "model.conf"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALLOWED_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+    {
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "EdDSA",
+        "Ed25519",
+    }
 )
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
@@ -41,7 +53,7 @@ class IssuerConfig:
     vendor: str | None = None
     vendor_claim: str | None = None
     roles_claim: str = "roles"
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA", "Ed25519")
     discovery_url: str | None = None
     leeway_seconds: int = 30
     jwks_min_refresh_seconds: float = 30.0

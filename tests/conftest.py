@@ -92,12 +92,17 @@ class Proc:
                 self.process.wait(5)
 
 
-def start(argv: list[str], url: str, log_path: Path, *, env: dict | None = None,
-          ready_path: str = "/") -> Proc:
+def start(
+    argv: list[str], url: str, log_path: Path, *, env: dict | None = None, ready_path: str = "/"
+) -> Proc:
     log_file = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
-        argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-        env={**os.environ, **(env or {})}, start_new_session=True,
+        argv,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
     )
     try:
         wait_http(url + ready_path, process=process)
@@ -113,8 +118,12 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     argv = [PYTHON, "-m", "tests.support.idp", "--port", str(port), "--jwt-audience", AUDIENCE]
     for user in USERS:
         argv += ["--user-claims", json.dumps(user)]
-    proc = start(argv, f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("idp") / "idp.log",
-                 ready_path="/.well-known/openid-configuration")
+    proc = start(
+        argv,
+        f"http://127.0.0.1:{port}",
+        tmp_path_factory.mktemp("idp") / "idp.log",
+        ready_path="/.well-known/openid-configuration",
+    )
     yield proc
     proc.stop()
 
@@ -125,9 +134,12 @@ def opaque_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     argv = [str(Path(PYTHON).with_name("oidc-provider-mock")), "--port", str(port)]
     for user in OPAQUE_USERS:
         argv += ["--user-claims", json.dumps(user)]
-    proc = start(argv, f"http://127.0.0.1:{port}",
-                 tmp_path_factory.mktemp("opaque-idp") / "idp.log",
-                 ready_path="/.well-known/openid-configuration")
+    proc = start(
+        argv,
+        f"http://127.0.0.1:{port}",
+        tmp_path_factory.mktemp("opaque-idp") / "idp.log",
+        ready_path="/.well-known/openid-configuration",
+    )
     yield proc
     proc.stop()
 
@@ -135,8 +147,11 @@ def opaque_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     port = free_port()
-    proc = start([GATEWAY_BIN, "demo-upstream", "--port", str(port), "--token", UPSTREAM_TOKEN],
-                 f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("upstream") / "up.log")
+    proc = start(
+        [GATEWAY_BIN, "demo-upstream", "--port", str(port), "--token", UPSTREAM_TOKEN],
+        f"http://127.0.0.1:{port}",
+        tmp_path_factory.mktemp("upstream") / "up.log",
+    )
     yield proc
     proc.stop()
 
@@ -154,7 +169,7 @@ def _postgres_server() -> str | None:
             connection.execute(text("SELECT 1"))
         engine.dispose()
         return url
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         if os.environ.get("GATEWAY_TEST_REQUIRE_POSTGRES"):
             raise RuntimeError(f"PostgreSQL required but unreachable: {error}") from None
         return None
@@ -192,14 +207,18 @@ def _drop_postgres_db(server: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "gateway.db"
         yield Database(f"sqlite:///{path}", "sqlite")
         return
     server = _postgres_server()
     if server is None:
-        pytest.skip("PostgreSQL not configured: set GATEWAY_TEST_POSTGRES to run these on PostgreSQL")
+        pytest.skip(
+            "PostgreSQL not configured: set GATEWAY_TEST_POSTGRES to run these on PostgreSQL"
+        )
     name = f"gw_test_{secrets.token_hex(4)}"
     db = Database(_make_postgres_db(server, name), "postgresql")
     yield db
@@ -232,6 +251,12 @@ record_id = "id"
 
 [[routes]]
 methods = ["GET"]
+path = "/api/slow"
+action = "read"
+project = "proj-1"
+
+[[routes]]
+methods = ["GET"]
 path = "/api/projects/{project}/tasks/{task}/export"
 action = "read"
 """
@@ -239,7 +264,7 @@ action = "read"
 
 def gateway_config(*, db_url: str, idp_url: str, opaque_idp_url: str, upstream_url: str) -> str:
     base = (ROOT / "config" / "gateway.toml").read_text()
-    routes = base[base.index("[[routes]]"):]
+    routes = base[base.index("[[routes]]") :]
     return f"""
 [database]
 url = "{db_url}"
@@ -263,7 +288,7 @@ opaque_cache_seconds = 5
 [upstream]
 url = "{upstream_url}"
 headers = {{ Authorization = "Token ${{UPSTREAM_TOKEN}}" }}
-read_timeout = 5.0
+read_timeout = 2.0
 
 [policy]
 poll_interval_seconds = 0.5
@@ -299,14 +324,26 @@ class Gateway:
             headers["Authorization"] = f"Bearer {self.token(sub)}"
         return requests.get(self.url + path, headers=headers, timeout=15, **kwargs)  # type: ignore[arg-type]
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [GATEWAY_BIN, *args], capture_output=True, text=True, input=input, cwd=ROOT,
-            env={**os.environ, "GATEWAY_CONFIG": str(self.config_path),
-                 "UPSTREAM_TOKEN": UPSTREAM_TOKEN}, timeout=60,
+            [GATEWAY_BIN, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "GATEWAY_CONFIG": str(self.config_path),
+                "UPSTREAM_TOKEN": UPSTREAM_TOKEN,
+            },
+            timeout=60,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"gateway {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"gateway {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def audit_rows(self, request_id: str) -> list:
@@ -317,22 +354,44 @@ class Gateway:
         )
 
 
-def launch_gateway(tmp: Path, db: Database, idp: Proc, opaque_idp: Proc, upstream: Proc,
-                   *, workers: int = 2) -> Gateway:
+def launch_gateway(
+    tmp: Path, db: Database, idp: Proc, opaque_idp: Proc, upstream: Proc, *, workers: int = 2
+) -> Gateway:
     config_path = tmp / "gateway.toml"
-    config_path.write_text(gateway_config(db_url=db.url, idp_url=idp.url,
-                                          opaque_idp_url=opaque_idp.url, upstream_url=upstream.url))
+    config_path.write_text(
+        gateway_config(
+            db_url=db.url, idp_url=idp.url, opaque_idp_url=opaque_idp.url, upstream_url=upstream.url
+        )
+    )
     port = free_port()
     gateway = Gateway(None, db, config_path, idp, opaque_idp, upstream)  # type: ignore[arg-type]
     gateway.cli("db", "upgrade")
     policy_file = tmp / "policy.csv"
     policy_file.write_text(TEST_POLICY)
     gateway.cli("policy", "import", str(policy_file), "--reason", "test policy")
-    argv = [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", str(workers), "--threads", "8",
-            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "wsgi:app"]
-    gateway.proc = start(argv, f"http://127.0.0.1:{port}", tmp / "gateway.log",
-                         env={"GATEWAY_CONFIG": str(config_path), "UPSTREAM_TOKEN": UPSTREAM_TOKEN},
-                         ready_path="/_gateway/health")
+    argv = [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gthread",
+        "-w",
+        str(workers),
+        "--threads",
+        "8",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "2",
+        "wsgi:app",
+    ]
+    gateway.proc = start(
+        argv,
+        f"http://127.0.0.1:{port}",
+        tmp / "gateway.log",
+        env={"GATEWAY_CONFIG": str(config_path), "UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+        ready_path="/_gateway/health",
+    )
     wait_ready(gateway.url)
     return gateway
 
@@ -347,8 +406,13 @@ def wait_ready(url: str, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, database: Database, idp: Proc,
-            opaque_idp: Proc, upstream: Proc) -> Iterator[Gateway]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    database: Database,
+    idp: Proc,
+    opaque_idp: Proc,
+    upstream: Proc,
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"gateway-{database.kind}")
     gw = launch_gateway(tmp, database, idp, opaque_idp, upstream)
     yield gw

@@ -14,10 +14,14 @@ def canonical_sha256(record: dict) -> str:
     return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def assert_audit_matches_release(gateway: Gateway, response: requests.Response, records: list) -> None:
+def assert_audit_matches_release(
+    gateway: Gateway, response: requests.Response, records: list
+) -> None:
     """Every released record has exactly one 'allow' row with its id and content hash."""
     rows = gateway.audit_rows(response.headers["X-Request-Id"])
-    released = [(r.record_id, r.record_sha256) for r in rows if r.decision == "allow" and r.record_id]
+    released = [
+        (r.record_id, r.record_sha256) for r in rows if r.decision == "allow" and r.record_id
+    ]
     assert sorted(released) == sorted((rec["id"], canonical_sha256(rec)) for rec in records)
 
 
@@ -82,7 +86,9 @@ def test_annotation_submission_is_forwarded_and_logged(gateway: Gateway) -> None
     assert response.status_code == 201, response.text
     assert response.json()["record"] == "rec-1-1-0003"
     rows = gateway.audit_rows(response.headers["X-Request-Id"])
-    assert [(r.decision, r.record_id, r.project) for r in rows] == [("allow", "rec-1-1-0003", "proj-1")]
+    assert [(r.decision, r.record_id, r.project) for r in rows] == [
+        ("allow", "rec-1-1-0003", "proj-1")
+    ]
 
 
 def test_opaque_token_checked_at_userinfo_with_vendor_from_claim(gateway: Gateway) -> None:
@@ -96,7 +102,9 @@ def test_opaque_token_checked_at_userinfo_with_vendor_from_claim(gateway: Gatewa
 def test_rows_equal_released_records_over_a_traffic_run(gateway: Gateway) -> None:
     total_released = 0
     for offset in range(0, 300, 60):
-        response = gateway.get(f"/api/projects/proj-1/tasks/task-2/records?offset={offset}&limit=60", "alice")
+        response = gateway.get(
+            f"/api/projects/proj-1/tasks/task-2/records?offset={offset}&limit=60", "alice"
+        )
         assert response.status_code == 200
         records = response.json()["records"]
         total_released += len(records)
@@ -117,7 +125,9 @@ def test_upstream_redirect_is_not_followed(gateway: Gateway) -> None:
 
 
 def test_streaming_route_passes_body_through(gateway: Gateway) -> None:
-    response = gateway.get("/api/projects/proj-1/tasks/task-1/export?chunks=3", "alice", stream=True)
+    response = gateway.get(
+        "/api/projects/proj-1/tasks/task-1/export?chunks=3", "alice", stream=True
+    )
     assert response.status_code == 200
     lines = [line for line in response.iter_lines() if line]
     assert len(lines) == 3 * 300

@@ -23,7 +23,9 @@ def ready():  # type: ignore[no-untyped-def]
         checks["database"] = "ok"
     except Exception:
         checks["database"] = "unreachable"
-    checks["audit_writer"] = "ok" if services.audit.healthy else "failing"
+    checks["audit_writer"] = (
+        "ok" if services.audit.healthy and _audit_table_ok(services) else "failing"
+    )
     checks["policy"] = "ok" if services.policy.loaded else "not_loaded"
     issuers_ok = True
     for issuer in services.verifier.issuers:
@@ -36,6 +38,16 @@ def ready():  # type: ignore[no-untyped-def]
     return jsonify(status="ready" if is_ready else "not_ready", checks=checks), (
         200 if is_ready else 503
     )
+
+
+def _audit_table_ok(services) -> bool:  # type: ignore[no-untyped-def]
+    """The writer of another worker may have failed; look at the table itself too."""
+    try:
+        with services.db.connect() as connection:
+            connection.execute(text("SELECT 1 FROM access_log WHERE 1 = 0"))
+        return True
+    except Exception:
+        return False
 
 
 @health_blueprint.get("/jwks.json")

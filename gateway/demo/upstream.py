@@ -443,6 +443,12 @@ def _register_test_routes(app: Flask) -> None:
     def garbage() -> Response:
         return Response(b"not json{{", status=200, mimetype=JSON_MIMETYPE)
 
+    @app.get("/api/slow")
+    def slow() -> Response:
+        # Sleeps before any header is sent, to exercise the proxy's read timeout.
+        time.sleep(min(float(request.args.get("seconds", "1") or 1), 10.0))
+        return json_response({"slow": True})
+
 
 def serve(host: str, port: int, service_token: str) -> None:
     """Run the sample service with werkzeug's dev server, for manual poking only."""

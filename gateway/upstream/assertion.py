@@ -72,8 +72,9 @@ class AssertionSigner:
             "exp": now + self._ttl,
             **claims,
         }
+        # "Ed25519" is the fully specified name RFC 9864 gives what "EdDSA" used to mean.
         return jwt.encode(
-            {"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}, payload, key, algorithms=["EdDSA"]
+            {"alg": "Ed25519", "kid": key.kid, "typ": "JWT"}, payload, key, algorithms=["Ed25519"]
         )
 
     def public_jwks(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import urllib3
-from urllib3.exceptions import HTTPError, ReadTimeoutError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from gateway.config import UpstreamConfig
 
@@ -48,7 +48,12 @@ class Upstream:
                 assert_same_host=False,
                 release_conn=True,
             )
-        except (ReadTimeoutError, TimeoutError):
+        except NewConnectionError:
+            # Checked first: urllib3 makes it a subclass of ConnectTimeoutError.
+            raise UpstreamError(
+                502, "upstream_unreachable", "the dataset service could not be reached"
+            ) from None
+        except TimeoutError:
             raise UpstreamError(
                 504, "upstream_timeout", "the dataset service did not answer in time"
             ) from None
