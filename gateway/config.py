@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,21 +128,22 @@ class Config:
     gateway: GatewaySettings = GatewaySettings()
 
 
-def expand_env(value: Any, key: str) -> Any:
+def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
     """Replace `${NAME}` in strings with the environment's value; a missing one is an error."""
+    env = os.environ if environ is None else environ
     if isinstance(value, str):
 
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
-            if name not in os.environ:
+            if name not in env:
                 raise ConfigError(key, f"environment variable {name} is not set")
-            return os.environ[name]
+            return env[name]
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{key}.{k}") for k, v in value.items()}
+        return {k: expand_env(v, f"{key}.{k}", env) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
     return value
 
 
@@ -181,18 +183,21 @@ def load_config(
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("GATEWAY_CONFIG", f"{path} is not valid TOML: {error}") from None
     apply_env_overrides(raw, environ)
-    return parse_config(raw)
+    return parse_config(raw, environ)
 
 
-def parse_config(raw: dict[str, Any]) -> Config:
+def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     known = {"database", "issuers", "upstream", "routes", "audit", "policy", "gateway"}
     for key in raw:
         if key not in known:
             raise ConfigError(key, f"unknown section (expected one of {sorted(known)})")
     database = _table(raw, "database")
-    database_url = _str(expand_env(database.get("url"), "database.url"), "database.url")
+    for key in database:
+        if key != "url":
+            raise ConfigError(f"database.{key}", "unknown key")
+    database_url = _str(expand_env(database.get("url"), "database.url", environ), "database.url")
     issuers = tuple(
-        _issuer(expand_env(item, f"issuers[{i}]"), f"issuers[{i}]")
+        _issuer(expand_env(item, f"issuers[{i}]", environ), f"issuers[{i}]")
         for i, item in enumerate(_list(raw, "issuers"))
     )
     if not issuers:
@@ -208,7 +213,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(
             "issuers.opaque_tokens", f"only one issuer may accept opaque tokens, not {opaque}"
         )
-    upstream = _upstream(expand_env(_table(raw, "upstream"), "upstream"))
+    upstream = _upstream(expand_env(_table(raw, "upstream"), "upstream", environ))
     routes = tuple(_route(item, f"routes[{i}]") for i, item in enumerate(_list(raw, "routes")))
     audit_raw = raw.get("audit", {})
     policy_raw = raw.get("policy", {})
@@ -261,7 +266,8 @@ def _build(cls: type, raw: Any, key: str) -> Any:
         expected = (int, float) if isinstance(default, float) else type(default)
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ConfigError(f"{key}.{name}", f"must be a {type(default).__name__}")
-        if isinstance(value, int | float) and value <= 0:
+        # A key whose default is 0 may be 0 (e.g. no trusted proxies); others must be > 0.
+        if isinstance(value, int | float) and (value < 0 or (value == 0 and default != 0)):
             raise ConfigError(f"{key}.{name}", "must be positive")
         values[name] = value
     return cls(**values)

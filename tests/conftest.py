@@ -262,7 +262,14 @@ action = "read"
 """
 
 
-def gateway_config(*, db_url: str, idp_url: str, opaque_idp_url: str, upstream_url: str) -> str:
+def gateway_config(
+    *,
+    db_url: str,
+    idp_url: str,
+    opaque_idp_url: str,
+    upstream_url: str,
+    opaque_mode: str = "userinfo",
+) -> str:
     base = (ROOT / "config" / "gateway.toml").read_text()
     routes = base[base.index("[[routes]]") :]
     return f"""
@@ -282,7 +289,9 @@ name = "lab-idp"
 issuer = "{opaque_idp_url}"
 audience = "{AUDIENCE}"
 vendor_claim = "vendor"
-opaque_tokens = "userinfo"
+opaque_tokens = "{opaque_mode}"
+client_id = "gateway"
+client_secret = "gateway-secret"
 opaque_cache_seconds = 5
 
 [upstream]
@@ -355,12 +364,23 @@ class Gateway:
 
 
 def launch_gateway(
-    tmp: Path, db: Database, idp: Proc, opaque_idp: Proc, upstream: Proc, *, workers: int = 2
+    tmp: Path,
+    db: Database,
+    idp: Proc,
+    opaque_idp: Proc,
+    upstream: Proc,
+    *,
+    workers: int = 2,
+    opaque_mode: str = "userinfo",
 ) -> Gateway:
     config_path = tmp / "gateway.toml"
     config_path.write_text(
         gateway_config(
-            db_url=db.url, idp_url=idp.url, opaque_idp_url=opaque_idp.url, upstream_url=upstream.url
+            db_url=db.url,
+            idp_url=idp.url,
+            opaque_idp_url=opaque_idp.url,
+            upstream_url=upstream.url,
+            opaque_mode=opaque_mode,
         )
     )
     port = free_port()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -38,7 +38,9 @@ HASHED_FIELDS = (
 
 
 def canonical_time(value: datetime) -> str:
-    """Microsecond UTC text; naive values (SQLite reads) are taken as UTC."""
+    """Microsecond UTC text; naive values are taken as UTC, aware ones converted to it."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -12,10 +12,15 @@ from gateway.config import Config, ConfigError, load_config
 
 
 def _load(config_path: str | None) -> Config:
+    from gateway.routemap import RouteMap
+
     try:
-        return load_config(config_path)
+        config = load_config(config_path)
+        # Compiling the routes checks their JMESPath, as the gateway will at start.
+        RouteMap(config.routes)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    return config
 
 
 config_option = click.option(

@@ -173,9 +173,10 @@ class Demo:
         VAR.mkdir(exist_ok=True)
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{DB_PATH}{suffix}").unlink(missing_ok=True)
-        defaults = (DEFAULT_IDP_PORT, DEFAULT_UPSTREAM_PORT)
-        if (self.ports.idp, self.ports.upstream) != defaults:
-            self.config_path = _write_port_config(self.ports)
+        moved_config = VAR / "gateway.toml"
+        moved_config.unlink(missing_ok=True)
+        if (self.ports.idp, self.ports.upstream) != (DEFAULT_IDP_PORT, DEFAULT_UPSTREAM_PORT):
+            self.config_path = _write_port_config(self.ports, moved_config)
 
     # --- processes ---------------------------------------------------------------------
 
@@ -532,7 +533,7 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def _write_port_config(ports: Ports) -> Path:
+def _write_port_config(ports: Ports, path: Path) -> Path:
     """config/gateway.toml with the IdP and upstream URLs moved to the chosen ports.
 
     The issuer lives in an array of tables, which GATEWAY_<SECTION>__<KEY> cannot reach.
@@ -545,7 +546,6 @@ def _write_port_config(ports: Ports) -> Path:
         if f'"{default}"' not in text:
             raise DemoError(f"{BASE_CONFIG} does not mention {default}; cannot move its port")
         text = text.replace(f'"{default}"', f'"{url}"')
-    path = VAR / "gateway.toml"
     path.write_text(text, encoding="utf-8")
     return path
 

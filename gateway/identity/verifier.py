@@ -210,7 +210,9 @@ class TokenVerifier:
         if not isinstance(endpoint, str):
             raise IssuerUnavailable(f"issuer {issuer.config.name} has no userinfo endpoint")
         status, body = issuer.get_with_bearer(endpoint, token)
-        if status in (401, 403):
+        # RFC 6750 says 401, but IdPs also answer 400 or 403 for a token they refuse;
+        # only a 5xx or a non-JSON answer means the IdP itself is in trouble.
+        if status in (400, 401, 403):
             raise AuthError("invalid_token", "token was not accepted by its issuer")
         if status != 200 or not isinstance(body, dict):
             raise IssuerUnavailable(f"userinfo answered {status}")

@@ -58,8 +58,13 @@ def split_request_target(target: str) -> tuple[str, str]:
     """Split a raw request target into (path, query); absolute-form targets keep their path."""
     if target.startswith(("http://", "https://")):
         after_scheme = target.split("://", 1)[1]
-        slash = after_scheme.find("/")
-        target = after_scheme[slash:] if slash >= 0 else "/"
+        end = re.search(r"[/?#]", after_scheme)
+        if end is None:
+            return "/", ""
+        if end.group(0) != "/":
+            # `http://h?x=/api/...` has path "" to any other parser; refuse the ambiguity.
+            raise PathRejected("absolute-form target without a path")
+        target = after_scheme[end.start() :]
     path, _, query = target.partition("?")
     # A fragment never belongs in a request target; treat it as part of nothing.
     if "#" in path:

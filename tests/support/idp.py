@@ -14,6 +14,7 @@ from datetime import timedelta
 import click
 import flask
 import oidc_provider_mock
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from oidc_provider_mock._storage import User
 
@@ -51,10 +52,59 @@ class _UserView:
         return self.sub
 
 
-def build_app(jwt_audience: str | None, users: list[dict], token_max_age: int) -> flask.Flask:
+class _Introspection(IntrospectionEndpoint):
+    """RFC 7662 over the mock's token store (authlib's endpoint, mock's storage)."""
+
+    audience = ""
+
+    def query_token(self, token_string, token_type_hint):  # type: ignore[no-untyped-def]
+        return flask.g.oidc_provider_mock_storage.get_access_token(token_string)
+
+    def check_permission(self, token, client, request):  # type: ignore[no-untyped-def]
+        return True
+
+    def introspect_token(self, token):  # type: ignore[no-untyped-def]
+        user = flask.g.oidc_provider_mock_storage.get_user(token.user_id)
+        claims = dict(user.claims) if user else {}
+        return {
+            **claims,
+            "active": True,
+            "sub": token.user_id,
+            "iss": flask.request.host_url.rstrip("/"),
+            "aud": self.audience,
+            "exp": int(token.expires_at.timestamp()),
+            "scope": token.scope,
+            "token_type": "access_token",
+        }
+
+
+def _add_introspection(app: flask.Flask, audience: str) -> None:
+    _Introspection.audience = audience
+
+    @app.post("/oauth2/introspect")
+    def introspect():  # type: ignore[no-untyped-def]
+        server = flask.g._authlib_authorization_server
+        if "introspection" not in getattr(server, "_endpoints", {}):
+            server.register_endpoint(_Introspection)
+        return server.create_endpoint_response("introspection")
+
+    @app.after_request
+    def advertise(response: flask.Response) -> flask.Response:
+        if flask.request.path == "/.well-known/openid-configuration":
+            document = json.loads(response.get_data())
+            document["introspection_endpoint"] = flask.request.host_url + "oauth2/introspect"
+            response.set_data(json.dumps(document))
+        return response
+
+
+def build_app(
+    jwt_audience: str | None, users: list[dict], token_max_age: int, introspection: str | None
+) -> flask.Flask:
     app = flask.Flask("test-idp")
     if jwt_audience:
         app.config["OAUTH2_ACCESS_TOKEN_GENERATOR"] = _MockJWTAccessTokens(jwt_audience)
+    if introspection:
+        _add_introspection(app, introspection)
     oidc_provider_mock.init_app(
         app,
         user_claims=[User(sub=u["sub"], claims=u) for u in users],
@@ -69,13 +119,19 @@ def build_app(jwt_audience: str | None, users: list[dict], token_max_age: int) -
 @click.option("--jwt-audience", default=None, help="issue JWT access tokens for this audience")
 @click.option("--user-claims", multiple=True, help="JSON object with at least 'sub'")
 @click.option("--token-max-age", default=3600)
+@click.option("--introspection-audience", default=None, help="serve RFC 7662 introspection")
 def main(
-    host: str, port: int, jwt_audience: str | None, user_claims: tuple[str, ...], token_max_age: int
+    host: str,
+    port: int,
+    jwt_audience: str | None,
+    user_claims: tuple[str, ...],
+    token_max_age: int,
+    introspection_audience: str | None,
 ) -> None:
     import werkzeug.serving
 
     users = [json.loads(text) for text in user_claims]
-    app = build_app(jwt_audience, users, token_max_age)
+    app = build_app(jwt_audience, users, token_max_age, introspection_audience)
     werkzeug.serving.run_simple(host, port, app, threaded=True)
 
 

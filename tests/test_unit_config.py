@@ -1,0 +1,546 @@
+"""Unit tests for gateway.config: every refusal names the key it is about."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+from gateway.routemap import RouteMap
+
+
+def base_raw() -> dict[str, Any]:
+    return {
+        "database": {"url": "sqlite:///gw.db"},
+        "issuers": [
+            {
+                "name": "acme-idp",
+                "issuer": "https://idp.acme.example",
+                "audience": "https://gateway.test",
+                "vendor": "acme",
+            }
+        ],
+        "upstream": {"url": "http://127.0.0.1:9000"},
+        "routes": [
+            {
+                "methods": ["GET"],
+                "path": "/api/projects/{project}/tasks/{task}/records",
+                "action": "read",
+                "records": "records",
+                "record_id": "id",
+            }
+        ],
+    }
+
+
+MINIMAL_TOML = """
+[database]
+url = "sqlite:///gw.db"
+
+[[issuers]]
+name = "acme-idp"
+issuer = "https://idp.acme.example"
+audience = "https://gateway.test"
+vendor = "acme"
+
+[upstream]
+url = "http://127.0.0.1:9000"
+headers = { Authorization = "Token ${UNIT_UPSTREAM_TOKEN}" }
+
+[[routes]]
+methods = ["GET"]
+path = "/api/projects/{project}/tasks/{task}/records"
+action = "read"
+records = "records"
+record_id = "id"
+"""
+
+
+def refused(raw: dict[str, Any]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value
+
+
+def test_minimal_config_parses() -> None:
+    config = parse_config(base_raw())
+    assert config.database_url == "sqlite:///gw.db"
+    assert config.issuers[0].vendor == "acme"
+    assert config.routes[0].records == "records"
+    assert config.upstream.url == "http://127.0.0.1:9000"
+
+
+def test_missing_database_url_names_key() -> None:
+    raw = base_raw()
+    del raw["database"]["url"]
+    error = refused(raw)
+    assert error.key == "database.url"
+    assert "database.url" in str(error)
+
+
+def test_missing_database_table_names_key() -> None:
+    raw = base_raw()
+    del raw["database"]
+    assert refused(raw).key == "database"
+
+
+def test_unknown_section_names_it() -> None:
+    raw = base_raw()
+    raw["databse"] = {"url": "x"}
+    error = refused(raw)
+    assert error.key == "databse"
+    assert "databse" in str(error)
+
+
+def test_unknown_key_in_database_names_it() -> None:
+    # [database] is a section like any other: a typo there must not be silently ignored.
+    raw = base_raw()
+    raw["database"]["pool_sise"] = 4
+    error = refused(raw)
+    assert error.key == "database.pool_sise"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "expected"),
+    [
+        ("audit", "batch_rows", "audit.batch_rows"),
+        ("policy", "modle", "policy.modle"),
+        ("gateway", "trusted_hops", "gateway.trusted_hops"),
+        ("upstream", "timeout", "upstream.timeout"),
+    ],
+)
+def test_unknown_key_in_section_names_it(section: str, key: str, expected: str) -> None:
+    raw = base_raw()
+    raw.setdefault(section, {})[key] = 1
+    error = refused(raw)
+    assert error.key == expected
+    assert expected in str(error)
+
+
+def test_unknown_issuer_key_names_it() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["audiance"] = "x"
+    assert refused(raw).key == "issuers[0].audiance"
+
+
+def test_unknown_route_key_names_it() -> None:
+    raw = base_raw()
+    raw["routes"][0]["record"] = "id"
+    assert refused(raw).key == "routes[0].record"
+
+
+def test_wrong_type_in_section_names_key() -> None:
+    raw = base_raw()
+    raw["audit"] = {"batch_max_rows": "many"}
+    assert refused(raw).key == "audit.batch_max_rows"
+    raw["audit"] = {"batch_max_rows": 0}
+    assert refused(raw).key == "audit.batch_max_rows"
+
+
+def test_issuer_with_both_vendor_and_vendor_claim_refused() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["vendor_claim"] = "vendor"
+    error = refused(raw)
+    assert error.key == "issuers[0].vendor"
+    assert "vendor_claim" in error.problem
+
+
+def test_issuer_with_neither_vendor_nor_vendor_claim_refused() -> None:
+    raw = base_raw()
+    del raw["issuers"][0]["vendor"]
+    assert refused(raw).key == "issuers[0].vendor"
+
+
+def test_issuer_with_vendor_claim_only_accepted() -> None:
+    raw = base_raw()
+    del raw["issuers"][0]["vendor"]
+    raw["issuers"][0]["vendor_claim"] = "vendor"
+    issuer = parse_config(raw).issuers[0]
+    assert issuer.vendor is None
+    assert issuer.vendor_claim == "vendor"
+
+
+@pytest.mark.parametrize("alg", ["HS256", "none", "HS512", "RS1"])
+def test_symmetric_or_none_algorithms_refused(alg: str) -> None:
+    raw = base_raw()
+    raw["issuers"][0]["algorithms"] = ["RS256", alg]
+    error = refused(raw)
+    assert error.key == "issuers[0].algorithms"
+    assert alg in error.problem
+
+
+def test_empty_algorithms_refused() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["algorithms"] = []
+    assert refused(raw).key == "issuers[0].algorithms"
+
+
+def test_asymmetric_algorithms_accepted() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["algorithms"] = ["RS256", "ES256", "EdDSA", "PS512"]
+    assert parse_config(raw).issuers[0].algorithms == ("RS256", "ES256", "EdDSA", "PS512")
+
+
+def second_issuer(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "lab-idp",
+        "issuer": "https://idp.lab.example",
+        "audience": "https://gateway.test",
+        "vendor_claim": "vendor",
+        **extra,
+    }
+
+
+def test_two_issuers_accepting_opaque_tokens_refused() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["opaque_tokens"] = "userinfo"
+    raw["issuers"].append(second_issuer(opaque_tokens="auto"))
+    error = refused(raw)
+    assert error.key == "issuers.opaque_tokens"
+    assert "acme-idp" in error.problem and "lab-idp" in error.problem
+
+
+def test_one_issuer_accepting_opaque_tokens_allowed() -> None:
+    raw = base_raw()
+    raw["issuers"].append(second_issuer(opaque_tokens="userinfo"))
+    config = parse_config(raw)
+    assert [i.opaque_tokens for i in config.issuers] == ["reject", "userinfo"]
+
+
+def test_bad_opaque_tokens_value_refused() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["opaque_tokens"] = "yes"
+    assert refused(raw).key == "issuers[0].opaque_tokens"
+
+
+def test_introspection_needs_client_credentials() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["opaque_tokens"] = "introspection"
+    assert refused(raw).key == "issuers[0].client_id"
+
+
+def test_duplicate_issuer_names_refused() -> None:
+    raw = base_raw()
+    raw["issuers"].append(second_issuer(name="acme-idp"))
+    assert refused(raw).key == "issuers"
+
+
+def test_duplicate_issuer_urls_refused() -> None:
+    raw = base_raw()
+    raw["issuers"].append(second_issuer(issuer="https://idp.acme.example"))
+    assert refused(raw).key == "issuers"
+
+
+def test_no_issuers_refused() -> None:
+    raw = base_raw()
+    raw["issuers"] = []
+    assert refused(raw).key == "issuers"
+
+
+def test_issuer_name_must_be_lowercase_identifier() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["name"] = "Acme IdP"
+    assert refused(raw).key == "issuers[0].name"
+
+
+def test_issuer_url_must_be_http() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["issuer"] = "idp.acme.example"
+    assert refused(raw).key == "issuers[0].issuer"
+
+
+def test_route_with_unknown_placeholder_refused() -> None:
+    raw = base_raw()
+    raw["routes"][0]["path"] = "/api/projects/{project}/items/{item}"
+    error = refused(raw)
+    assert error.key == "routes[0].path"
+    assert "{item}" in error.problem
+
+
+@pytest.mark.parametrize("path", ["/_gateway/admin", "/_gateway", "/_gateway/{project}"])
+def test_route_under_reserved_prefix_refused(path: str) -> None:
+    raw = base_raw()
+    raw["routes"][0]["path"] = path
+    raw["routes"][0]["project"] = "proj-1"
+    error = refused(raw)
+    assert error.key == "routes[0].path"
+    assert "/_gateway" in error.problem
+
+
+def test_route_path_must_be_absolute() -> None:
+    raw = base_raw()
+    raw["routes"][0]["path"] = "api/{project}"
+    assert refused(raw).key == "routes[0].path"
+
+
+def test_route_without_project_refused() -> None:
+    raw = base_raw()
+    raw["routes"].append({"methods": ["GET"], "path": "/api/status", "action": "read"})
+    error = refused(raw)
+    assert error.key == "routes[1].path"
+    assert "project" in error.problem
+
+
+def test_route_with_fixed_project_or_record_project_accepted() -> None:
+    raw = base_raw()
+    raw["routes"].append(
+        {"methods": ["GET"], "path": "/api/status", "action": "read", "project": "p1"}
+    )
+    raw["routes"].append(
+        {
+            "path": "/api/records/{record}",
+            "action": "read",
+            "records": "@",
+            "record_id": "id",
+            "record_project": "project",
+        }
+    )
+    config = parse_config(raw)
+    assert config.routes[1].project == "p1"
+    assert config.routes[2].record_project == "project"
+    assert config.routes[2].methods == ("GET",)
+
+
+def test_records_without_record_id_refused() -> None:
+    raw = base_raw()
+    del raw["routes"][0]["record_id"]
+    error = refused(raw)
+    assert error.key == "routes[0].records"
+    assert "record_id" in error.problem
+
+
+def test_record_id_without_records_refused() -> None:
+    raw = base_raw()
+    del raw["routes"][0]["records"]
+    assert refused(raw).key == "routes[0].records"
+
+
+def test_record_project_without_records_refused() -> None:
+    raw = base_raw()
+    raw["routes"].append({"path": "/api/x", "action": "read", "record_project": "project"})
+    assert refused(raw).key == "routes[1].record_project"
+
+
+def test_route_unknown_method_refused() -> None:
+    raw = base_raw()
+    raw["routes"][0]["methods"] = ["GET", "TRACE"]
+    assert refused(raw).key == "routes[0].methods"
+
+
+def test_route_without_action_refused() -> None:
+    raw = base_raw()
+    del raw["routes"][0]["action"]
+    assert refused(raw).key == "routes[0].action"
+
+
+def test_route_query_params_must_be_strings() -> None:
+    raw = base_raw()
+    raw["routes"][0]["query_params"] = ["limit", 3]
+    assert refused(raw).key == "routes[0].query_params"
+
+
+@pytest.mark.parametrize("field", ["records", "record_id"])
+def test_bad_jmespath_refused_when_building_route_map(field: str) -> None:
+    raw = base_raw()
+    raw["routes"][0][field] = "records[?"
+    config = parse_config(raw)  # syntax is checked when the route map compiles it
+    with pytest.raises(ConfigError) as info:
+        RouteMap(config.routes)
+    assert info.value.key.endswith(f".{field}")
+    assert config.routes[0].path in info.value.key
+    assert "JMESPath" in info.value.problem
+
+
+def test_env_expansion_in_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNIT_DB_PATH", "/srv/gw.db")
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "s3cret")
+    raw = base_raw()
+    raw["database"]["url"] = "sqlite:///${UNIT_DB_PATH}"
+    raw["upstream"]["headers"] = {"Authorization": "Token ${UNIT_UPSTREAM_TOKEN}"}
+    config = parse_config(raw)
+    assert config.database_url == "sqlite:////srv/gw.db"
+    assert config.upstream.headers == {"Authorization": "Token s3cret"}
+
+
+def test_missing_env_var_names_key_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNIT_UPSTREAM_TOKEN", raising=False)
+    raw = base_raw()
+    raw["upstream"]["headers"] = {"Authorization": "Token ${UNIT_UPSTREAM_TOKEN}"}
+    error = refused(raw)
+    assert error.key == "upstream.headers.Authorization"
+    assert "UNIT_UPSTREAM_TOKEN" in error.problem
+
+
+def test_missing_env_var_in_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNIT_DB_PATH", raising=False)
+    raw = base_raw()
+    raw["database"]["url"] = "sqlite:///${UNIT_DB_PATH}"
+    error = refused(raw)
+    assert error.key == "database.url"
+    assert "UNIT_DB_PATH" in error.problem
+
+
+def test_missing_env_var_in_issuer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNIT_CLIENT_SECRET", raising=False)
+    raw = base_raw()
+    raw["issuers"][0]["client_secret"] = "${UNIT_CLIENT_SECRET}"
+    assert refused(raw).key == "issuers[0].client_secret"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_config_expands_env_from_the_environ_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # load_config(environ=...) resolves GATEWAY_* overrides from `environ`; the `${ENV}`
+    # secrets of the same file must come from the same environment, not from os.environ.
+    monkeypatch.delenv("UNIT_UPSTREAM_TOKEN", raising=False)
+    path = write(tmp_path, MINIMAL_TOML)
+    config = load_config(path, environ={"UNIT_UPSTREAM_TOKEN": "tok"})
+    assert config.upstream.headers == {"Authorization": "Token tok"}
+    assert config.routes[0].path == "/api/projects/{project}/tasks/{task}/records"
+
+
+def test_load_config_env_override_database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "tok")
+    path = write(tmp_path, MINIMAL_TOML)
+    config = load_config(
+        path,
+        environ={
+            "GATEWAY_DATABASE__URL": "postgresql+psycopg://db.example/gw",
+            "UNIT_UPSTREAM_TOKEN": "tok",
+        },
+    )
+    assert config.database_url == "postgresql+psycopg://db.example/gw"
+
+
+def test_load_config_env_override_parses_toml_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "t")
+    path = write(tmp_path, MINIMAL_TOML)
+    config = load_config(
+        path,
+        environ={
+            "UNIT_UPSTREAM_TOKEN": "tok",
+            "GATEWAY_AUDIT__BATCH_MAX_ROWS": "17",
+            "GATEWAY_POLICY__POLL_INTERVAL_SECONDS": "0.25",
+            "GATEWAY_UPSTREAM__READ_TIMEOUT": "7.5",
+        },
+    )
+    assert config.audit.batch_max_rows == 17
+    assert config.policy.poll_interval_seconds == 0.25
+    assert config.upstream.read_timeout == 7.5
+
+
+def test_load_config_env_override_unknown_key_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "t")
+    path = write(tmp_path, MINIMAL_TOML)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"UNIT_UPSTREAM_TOKEN": "t", "GATEWAY_AUDIT__BOGUS": "1"})
+    assert info.value.key == "audit.bogus"
+
+
+def test_load_config_env_override_wrong_type_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "t")
+    path = write(tmp_path, MINIMAL_TOML)
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            path, environ={"UNIT_UPSTREAM_TOKEN": "t", "GATEWAY_AUDIT__BATCH_MAX_ROWS": "lots"}
+        )
+    assert info.value.key == "audit.batch_max_rows"
+
+
+def test_load_config_env_variables_without_double_underscore_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "t")
+    path = write(tmp_path, MINIMAL_TOML)
+    config = load_config(
+        path, environ={"UNIT_UPSTREAM_TOKEN": "t", "GATEWAY_DEBUG": "1", "GATEWAY_CONFIG": "x"}
+    )
+    assert config.database_url == "sqlite:///gw.db"
+
+
+def test_load_config_missing_env_var_from_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UNIT_UPSTREAM_TOKEN", raising=False)
+    path = write(tmp_path, MINIMAL_TOML)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == "upstream.headers.Authorization"
+    assert "UNIT_UPSTREAM_TOKEN" in str(info.value)
+
+
+def test_load_config_uses_gateway_config_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "t")
+    path = write(tmp_path, MINIMAL_TOML)
+    config = load_config(environ={"GATEWAY_CONFIG": str(path), "UNIT_UPSTREAM_TOKEN": "t"})
+    assert config.issuers[0].name == "acme-idp"
+
+
+def test_load_config_without_any_path_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={})
+    assert info.value.key == "GATEWAY_CONFIG"
+
+
+def test_load_config_missing_file_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml", environ={})
+    assert info.value.key == "GATEWAY_CONFIG"
+    assert "does not exist" in info.value.problem
+
+
+def test_invalid_toml_is_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[database\nurl = 'x'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == "GATEWAY_CONFIG"
+    assert "not valid TOML" in info.value.problem
+
+
+def test_load_config_reads_file_with_process_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "tok")
+    monkeypatch.delenv("GATEWAY_DATABASE__URL", raising=False)
+    path = write(tmp_path, MINIMAL_TOML)
+    config = load_config(path)
+    assert config.upstream.headers == {"Authorization": "Token tok"}
+    assert config.routes[0].path == "/api/projects/{project}/tasks/{task}/records"
+    assert config.database_url == "sqlite:///gw.db"
+
+
+def test_load_config_override_from_process_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "tok")
+    monkeypatch.setenv("GATEWAY_DATABASE__URL", "sqlite:///other.db")
+    config = load_config(write(tmp_path, MINIMAL_TOML))
+    assert config.database_url == "sqlite:///other.db"
+
+
+def test_parse_config_does_not_mutate_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNIT_UPSTREAM_TOKEN", "tok")
+    raw = base_raw()
+    raw["upstream"]["headers"] = {"Authorization": "Token ${UNIT_UPSTREAM_TOKEN}"}
+    before = copy.deepcopy(raw)
+    parse_config(raw)
+    assert raw == before
