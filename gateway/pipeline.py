@@ -54,7 +54,6 @@ class Denial(Exception):
         *,
         reason: str | None = None,
         headers: dict[str, str] | None = None,
-        policy_version: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -62,7 +61,6 @@ class Denial(Exception):
         self.message = message
         self.reason = reason or error
         self.headers = headers or {}
-        self.policy_version = policy_version
 
 
 @dataclass
@@ -144,15 +142,7 @@ class Pipeline:
             try:
                 return self._run(ctx, request)
             except Denial as denial:
-                self.audit.write(
-                    [
-                        ctx.row(
-                            decision="deny",
-                            reason=denial.reason,
-                            policy_version=denial.policy_version,
-                        )
-                    ]
-                )
+                self.audit.write([ctx.row(decision="deny", reason=denial.reason)])
                 return json_error(
                     denial.status, denial.error, denial.message, ctx.request_id, denial.headers
                 )
@@ -258,13 +248,7 @@ class Pipeline:
         )
         ctx.policy_version = decision.version
         if not decision.allowed:
-            raise Denial(
-                403,
-                "forbidden",
-                "not allowed by policy",
-                reason=decision.reason,
-                policy_version=decision.version,
-            )
+            raise Denial(403, "forbidden", "not allowed by policy", reason=decision.reason)
         ctx.prechecked.add((match.project, match.task))
 
     def _forward(self, ctx: RequestContext, request: Request) -> urllib3.BaseHTTPResponse:
@@ -296,13 +280,7 @@ class Pipeline:
         try:
             return self.upstream.send(ctx.method, match.path, ctx.query, headers, body)
         except UpstreamError as error:
-            raise Denial(
-                error.status,
-                error.error,
-                error.message,
-                reason=error.error,
-                policy_version=ctx.policy_version,
-            ) from None
+            raise Denial(error.status, error.error, error.message, reason=error.error) from None
 
     def _release_records(
         self, ctx: RequestContext, upstream_response: urllib3.BaseHTTPResponse
@@ -322,7 +300,6 @@ class Pipeline:
                 "bad_upstream_response",
                 "the dataset service returned a body the gateway cannot account for",
                 reason=reason,
-                policy_version=ctx.policy_version,
             ) from None
         finally:
             upstream_response.release_conn()
@@ -350,11 +327,7 @@ class Pipeline:
                 remove_records(spec, body, selected, keep)
             except RecordError as error:
                 raise Denial(
-                    502,
-                    "bad_upstream_response",
-                    str(error),
-                    reason="unfilterable",
-                    policy_version=ctx.policy_version,
+                    502, "bad_upstream_response", str(error), reason="unfilterable"
                 ) from None
             raw = orjson.dumps(body)
         if not rows:
