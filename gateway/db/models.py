@@ -45,6 +45,24 @@ class PolicyVersion(Base):
     actor: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(Text)
     summary: Mapped[str] = mapped_column(Text, default="")
+    # {"added": [csv lines], "removed": [csv lines]}: versions replay from these.
+    diff: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class AdminEvent(Base):
+    """Every admin action: who, when, what it changed (before/after as JSON) and why."""
+
+    __tablename__ = "admin_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(512), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    before: Mapped[str] = mapped_column(Text, default="null")
+    after: Mapped[str] = mapped_column(Text, default="null")
+    policy_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class SigningKey(Base):

@@ -5,11 +5,17 @@ enforcer races with concurrent readers. So each project gets its own small enfor
 a policy change builds new enforcers for the projects it touched, and the whole set is
 published by one reference assignment together with a fresh decision cache: a request
 sees either the old version or the new one, never a mixture.
+
+Time-boxed rules are left out of an enforcer while they are not in force. A snapshot
+knows the next moment any rule starts or stops; past it, the snapshot is rebuilt from
+the rules already in memory, so an expiry takes effect on every worker at its time
+without anyone acting and without a database round trip.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -35,8 +41,10 @@ class Decision:
 @dataclass
 class _Snapshot:
     version: int
-    rules_by_project: dict[str, frozenset[Rule]]
+    rules: list[Rule]
+    in_force_by_project: dict[str, frozenset[Rule]]
     enforcers: dict[str, casbin.Enforcer]
+    next_change: float
     cache: dict[tuple[str, str, str, str, str], Decision] = field(default_factory=dict)
 
 
@@ -59,9 +67,10 @@ class PolicyEngine:
         self._enforce_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.last_error: str | None = None
         self.last_refresh: float = 0.0
+        self.listening = False
 
     @property
     def loaded(self) -> bool:
@@ -70,6 +79,10 @@ class PolicyEngine:
     @property
     def version(self) -> int:
         return self._snapshot.version if self._snapshot else 0
+
+    def rules_in_force(self, project: str) -> frozenset[Rule]:
+        snapshot = self._current()
+        return snapshot.in_force_by_project.get(project, frozenset()) if snapshot else frozenset()
 
     def refresh(self, *, force: bool = False) -> bool:
         """Load the newest version if it differs from the one in force; True if swapped."""
@@ -88,18 +101,35 @@ class PolicyEngine:
             log.info("policy version %s in force (%d rules)", version, len(rules))
             return True
 
+    def _current(self) -> _Snapshot | None:
+        snapshot = self._snapshot
+        if snapshot is not None and time.time() >= snapshot.next_change:
+            with self._reload_lock:
+                snapshot = self._snapshot
+                if snapshot is not None and time.time() >= snapshot.next_change:
+                    snapshot = self._snapshot = self._build(
+                        snapshot.version, snapshot.rules, snapshot
+                    )
+        return snapshot
+
     def _build(self, version: int, rules: list[Rule], previous: _Snapshot | None) -> _Snapshot:
+        now = time.time()
         grouped: dict[str, set[Rule]] = defaultdict(set)
+        next_change = math.inf
         for rule in rules:
-            grouped[rule.project].add(rule)
-        rules_by_project = {project: frozenset(r) for project, r in grouped.items()}
+            for moment in (rule.not_before, rule.not_after):
+                if moment is not None and moment > now:
+                    next_change = min(next_change, moment)
+            if rule.in_force(now):
+                grouped[rule.project].add(rule)
+        in_force = {project: frozenset(r) for project, r in grouped.items()}
         enforcers: dict[str, casbin.Enforcer] = {}
-        for project, project_rules in rules_by_project.items():
-            if previous is not None and previous.rules_by_project.get(project) == project_rules:
+        for project, project_rules in in_force.items():
+            if previous is not None and previous.in_force_by_project.get(project) == project_rules:
                 enforcers[project] = previous.enforcers[project]
             else:
                 enforcers[project] = self._build_enforcer(project_rules)
-        return _Snapshot(version, rules_by_project, enforcers)
+        return _Snapshot(version, rules, in_force, enforcers, next_change)
 
     def _build_enforcer(self, rules: frozenset[Rule]) -> casbin.Enforcer:
         model = casbin.Enforcer.new_model(text=self._model_text)
@@ -114,7 +144,7 @@ class PolicyEngine:
         return enforcer
 
     def decide(self, subject: str, vendor: str, project: str, task: str, action: str) -> Decision:
-        snapshot = self._snapshot
+        snapshot = self._current()
         if snapshot is None:
             return Decision(False, 0, "policy_not_loaded")
         key = (subject, vendor, project, task, action)
@@ -136,21 +166,51 @@ class PolicyEngine:
         snapshot.cache[key] = decision
         return decision
 
+    # --- propagation -------------------------------------------------------------------
+
     def start(self) -> None:
-        """Poll the version in the background; the poll is the propagation fallback."""
-        if self._thread is not None:
+        """Poll the version in the background; on PostgreSQL also LISTEN for pushes."""
+        if self._threads:
             return
-        self._thread = threading.Thread(target=self._poll, name="policy-poll", daemon=True)
-        self._thread.start()
+        self._threads.append(threading.Thread(target=self._poll, name="policy-poll", daemon=True))
+        if self._db.dialect.name == "postgresql":
+            self._threads.append(
+                threading.Thread(target=self._listen, name="policy-listen", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_interval):
+            self._refresh_quietly()
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh()
+            self.last_error = None
+        except Exception as error:  # the poller must outlive a database outage
+            self.last_error = f"{type(error).__name__}"
+            log.warning("policy refresh failed: %s", error)
+
+    def _listen(self) -> None:
+        """Refresh as soon as a committed change is announced; reconnect on any failure."""
+        import psycopg
+
+        url = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stop.is_set():
             try:
-                self.refresh()
-                self.last_error = None
-            except Exception as error:  # the poller must outlive a database outage
-                self.last_error = f"{type(error).__name__}"
-                log.warning("policy refresh failed: %s", error)
+                with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+                    self.listening = True
+                    # A change committed while we were not listening is caught here.
+                    self._refresh_quietly()
+                    while not self._stop.is_set():
+                        for _ in connection.notifies(timeout=1.0, stop_after=1):
+                            self._refresh_quietly()
+            except Exception as error:  # reconnect; the poller covers the gap
+                log.warning("policy LISTEN connection lost: %s", error)
+            self.listening = False
+            self._stop.wait(1.0)
