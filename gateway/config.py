@@ -54,6 +54,8 @@ class IssuerConfig:
     vendor: str | None = None
     vendor_claim: str | None = None
     roles_claim: str = "roles"
+    # Admin/auditor roles are honoured only from issuers the lab trusts for them.
+    roles_trusted: bool = False
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA", "Ed25519")
     discovery_url: str | None = None
     leeway_seconds: int = 30
@@ -107,6 +109,15 @@ class PolicyConfig:
     model: str = str(DEFAULT_MODEL_PATH)
     poll_interval_seconds: float = 1.0
     decision_cache_size: int = 200_000
+    actions: tuple[str, ...] = ("read", "annotate", "review", "export")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """A project admins may grant on; `restricted` ones refuse vendor-wide grants."""
+
+    name: str
+    restricted: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     policy: PolicyConfig = PolicyConfig()
     gateway: GatewaySettings = GatewaySettings()
+    projects: tuple[ProjectConfig, ...] = ()
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -187,7 +199,7 @@ def load_config(
 
 
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    known = {"database", "issuers", "upstream", "routes", "audit", "policy", "gateway"}
+    known = {"database", "issuers", "upstream", "routes", "audit", "policy", "gateway", "projects"}
     for key in raw:
         if key not in known:
             raise ConfigError(key, f"unknown section (expected one of {sorted(known)})")
@@ -224,9 +236,41 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         upstream=upstream,
         routes=routes,
         audit=_build(AuditConfig, audit_raw, "audit"),
-        policy=_build(PolicyConfig, policy_raw, "policy"),
+        policy=_policy(policy_raw),
         gateway=_build(GatewaySettings, gateway_raw, "gateway"),
+        projects=_projects(raw),
     )
+
+
+def _policy(raw: Any) -> PolicyConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("policy", "must be a table")
+    actions = raw.get("actions", list(PolicyConfig.actions))
+    if (
+        not isinstance(actions, list)
+        or not actions
+        or not all(isinstance(a, str) and _NAME.match(a) for a in actions)
+    ):
+        raise ConfigError("policy.actions", "must be a non-empty list of action names")
+    base = _build(PolicyConfig, {k: v for k, v in raw.items() if k != "actions"}, "policy")
+    return PolicyConfig(**{**base.__dict__, "actions": tuple(actions)})
+
+
+def _projects(raw: dict[str, Any]) -> tuple[ProjectConfig, ...]:
+    projects = []
+    for i, item in enumerate(_list(raw, "projects")):
+        key = f"projects[{i}]"
+        for name in item:
+            if name not in ("name", "restricted"):
+                raise ConfigError(f"{key}.{name}", "unknown key")
+        name = _str(item.get("name"), f"{key}.name")
+        restricted = item.get("restricted", False)
+        if not isinstance(restricted, bool):
+            raise ConfigError(f"{key}.restricted", "must be true or false")
+        projects.append(ProjectConfig(name=name, restricted=restricted))
+    if len({p.name for p in projects}) != len(projects):
+        raise ConfigError("projects", "project names must be unique")
+    return tuple(projects)
 
 
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -248,6 +292,12 @@ def _str(value: Any, key: str, *, optional: bool = False) -> Any:
         return None
     if not isinstance(value, str) or not value:
         raise ConfigError(key, "missing" if value is None else "must be a non-empty string")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
     return value
 
 
@@ -319,6 +369,7 @@ def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
         vendor=vendor,
         vendor_claim=vendor_claim,
         roles_claim=raw.get("roles_claim", "roles"),
+        roles_trusted=_bool(raw.get("roles_trusted", False), f"{key}.roles_trusted"),
         algorithms=tuple(algorithms),
         discovery_url=raw.get("discovery_url"),
         leeway_seconds=int(raw.get("leeway_seconds", 30)),

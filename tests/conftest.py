@@ -42,7 +42,12 @@ USERS = [
     {"sub": "bob", "email": "bob@acme.example"},
     {"sub": "admin-ann", "email": "ann@lab.example", "roles": ["admin", "auditor"]},
 ]
-OPAQUE_USERS = [{"sub": "carol", "vendor": "globex", "email": "carol@globex.example"}]
+OPAQUE_USERS = [
+    {"sub": "carol", "vendor": "globex", "email": "carol@globex.example"},
+    # The lab's own IdP is trusted for roles (roles_trusted in the test config).
+    {"sub": "ann", "vendor": "lab", "email": "ann@lab.example", "roles": ["admin"]},
+    {"sub": "audrey", "vendor": "lab", "email": "audrey@lab.example", "roles": ["auditor"]},
+]
 
 TEST_POLICY = """\
 p, role:annotator, proj-1, *, read, allow
@@ -289,6 +294,7 @@ name = "lab-idp"
 issuer = "{opaque_idp_url}"
 audience = "{AUDIENCE}"
 vendor_claim = "vendor"
+roles_trusted = true
 opaque_tokens = "{opaque_mode}"
 client_id = "gateway"
 client_secret = "gateway-secret"

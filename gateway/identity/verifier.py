@@ -234,7 +234,8 @@ class TokenVerifier:
                 raise AuthError(
                     "invalid_token", f"token has no valid '{config.vendor_claim}' claim"
                 )
-        roles_claim = claims.get(config.roles_claim, [])
+        # A vendor's IdP could mint itself 'admin'; roles count only from trusted issuers.
+        roles_claim = claims.get(config.roles_claim, []) if config.roles_trusted else []
         if isinstance(roles_claim, str):
             roles_claim = roles_claim.split()
         roles = (
