@@ -41,7 +41,7 @@ def _json_http_error(error: HTTPException) -> Any:
 
 
 def create_app(config: Config) -> Flask:
-    from gateway.api import health_blueprint
+    from gateway.api import admin_blueprint, health_blueprint
     from gateway.services import build_services
 
     logging.basicConfig(
@@ -52,6 +52,7 @@ def create_app(config: Config) -> Flask:
     app = Flask(__name__)
     services = build_services(config)
     app.extensions["gateway"] = services
+    app.register_blueprint(admin_blueprint)
     app.register_blueprint(health_blueprint)
     app.register_error_handler(HTTPException, _json_http_error)
     app.wsgi_app = _Dispatcher(app.wsgi_app, services.pipeline)  # type: ignore[method-assign]

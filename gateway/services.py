@@ -12,6 +12,7 @@ from gateway.db.session import make_engine
 from gateway.identity import TokenVerifier
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
+from gateway.policy.admin import PolicyAdmin
 from gateway.routemap import RouteMap
 from gateway.upstream import AssertionSigner, Upstream
 
@@ -25,6 +26,7 @@ class Services:
     audit: AuditWriter
     signer: AssertionSigner
     pipeline: Pipeline
+    policy_admin: PolicyAdmin
 
 
 def build_services(config: Config) -> Services:
@@ -53,7 +55,9 @@ def build_services(config: Config) -> Services:
         signer=signer,
         audit=audit,
     )
-    services = Services(config, db, verifier, policy, audit, signer, pipeline)
+    services = Services(
+        config, db, verifier, policy, audit, signer, pipeline, PolicyAdmin(db, config, policy)
+    )
     start_background(services)
     return services
 
