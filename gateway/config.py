@@ -113,6 +113,14 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class LockoutConfig:
+    poll_interval_seconds: float = 0.25
+    # Past this long without a confirmed lock state, contractor traffic is refused.
+    stale_after_seconds: float = 5.0
+    exposure_days: int = 30
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """A project admins may grant on; `restricted` ones refuse vendor-wide grants."""
 
@@ -138,6 +146,7 @@ class Config:
     policy: PolicyConfig = PolicyConfig()
     gateway: GatewaySettings = GatewaySettings()
     projects: tuple[ProjectConfig, ...] = ()
+    lockout: LockoutConfig = LockoutConfig()
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -199,7 +208,17 @@ def load_config(
 
 
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    known = {"database", "issuers", "upstream", "routes", "audit", "policy", "gateway", "projects"}
+    known = {
+        "database",
+        "issuers",
+        "upstream",
+        "routes",
+        "audit",
+        "policy",
+        "gateway",
+        "projects",
+        "lockout",
+    }
     for key in raw:
         if key not in known:
             raise ConfigError(key, f"unknown section (expected one of {sorted(known)})")
@@ -239,6 +258,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         policy=_policy(policy_raw),
         gateway=_build(GatewaySettings, gateway_raw, "gateway"),
         projects=_projects(raw),
+        lockout=_build(LockoutConfig, raw.get("lockout", {}), "lockout"),
     )
 
 

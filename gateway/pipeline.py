@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from werkzeug.wrappers import Request, Response
 from gateway.audit import AuditUnavailable, AuditWriter
 from gateway.config import Config
 from gateway.identity import AuthError, Principal, TokenVerifier
+from gateway.lockout import LockHit, LockState
 from gateway.policy import PolicyEngine
 from gateway.records import ExtractedRecord, RecordError, extract_records
 from gateway.records.selection import remove_records
@@ -125,8 +127,12 @@ class Pipeline:
         upstream: Upstream,
         signer: AssertionSigner,
         audit: AuditWriter,
+        locks: LockState,
     ) -> None:
         self.config = config
+        self.locks = locks
+        self.streams = ActiveStreams()
+        locks.on_change(self._on_locks_changed)
         self.verifier = verifier
         self.routes = routes
         self.policy = policy
@@ -198,6 +204,7 @@ class Pipeline:
         path = self._normalise(ctx)
         ctx.principal = self._identify(request)
         ctx.match = self._route(ctx, path)
+        self._check_locks(ctx, ctx.match.project)
         self._authorize(ctx)
         upstream_response = self._forward(ctx, request)
         spec = ctx.match.route.records
@@ -230,6 +237,35 @@ class Pipeline:
             return self.routes.match(ctx.method, path, ctx.query)
         except RouteError as error:
             raise Denial(error.status, error.error, error.message) from None
+
+    def _check_locks(self, ctx: RequestContext, project: str | None) -> None:
+        principal = ctx.principal
+        assert principal is not None
+        if not self.locks.fresh:
+            raise Denial(
+                503,
+                "lock_state_unknown",
+                "the gateway cannot confirm its lock state; try again shortly",
+            )
+        hit = self._lock_hit(principal, project)
+        if hit is not None:
+            # The contractor learns only that access is suspended; the lock id is logged.
+            raise Denial(403, "locked", "access is suspended", reason=f"locked:{hit.lock_id}")
+
+    def _lock_hit(self, principal: Principal, project: str | None) -> LockHit | None:
+        return self.locks.check(
+            vendor=principal.vendor,
+            contractor=principal.policy_subject,
+            issuer=principal.issuer,
+            project=project,
+        )
+
+    def _on_locks_changed(self) -> None:
+        """Drop cached tokens of locked principals and cut their running downloads."""
+        self.verifier.forget(lambda principal: self._lock_hit(principal, None) is not None)
+        for stream in self.streams.snapshot():
+            if self._lock_hit(stream.principal, stream.project) is not None:
+                stream.cut()
 
     def _authorize(self, ctx: RequestContext) -> None:
         match, principal = ctx.match, ctx.principal
@@ -339,6 +375,8 @@ class Pipeline:
                     bytes=len(raw),
                 )
             )
+        # A lock may have landed while the upstream answered: nothing of theirs leaves.
+        self._check_locks(ctx, match.project)
         self.audit.write(rows)
         response = Response(
             raw,
@@ -357,6 +395,8 @@ class Pipeline:
             return False
         if (project, task) in ctx.prechecked:
             return True
+        if project != match.project and self._lock_hit(principal, project) is not None:
+            return False
         decision = self.policy.decide(
             principal.policy_subject, principal.vendor, project, task, match.route.action
         )
@@ -386,7 +426,7 @@ class Pipeline:
             upstream_response.release_conn()
             raise
         response = Response(
-            _stream(upstream_response),
+            self._guarded_stream(ctx, upstream_response),
             status=upstream_response.status,
             headers=response_headers_for_client(upstream_response.headers.items()),
             direct_passthrough=True,
@@ -395,6 +435,29 @@ class Pipeline:
             response.headers["Content-Length"] = length
         response.headers["X-Request-Id"] = ctx.request_id
         return response
+
+    def _guarded_stream(
+        self, ctx: RequestContext, response: urllib3.BaseHTTPResponse
+    ) -> Iterator[bytes]:
+        assert ctx.principal is not None and ctx.match is not None
+        stream = _Stream(ctx.principal, ctx.match.project, response)
+        self.streams.add(stream)
+        try:
+            for chunk in response.stream(STREAM_CHUNK, decode_content=False):
+                if stream.cut_off or self._lock_hit(stream.principal, stream.project):
+                    stream.cut_off = True
+                    break
+                yield chunk
+        except (urllib3.exceptions.HTTPError, OSError):
+            if not stream.cut_off:
+                log.warning("upstream stream broke off")
+        finally:
+            self.streams.remove(stream)
+            response.release_conn()
+            if stream.cut_off:
+                log.info("download %s cut off by a lock", ctx.request_id)
+                with contextlib.suppress(AuditUnavailable):
+                    self.audit.write([ctx.row(decision="deny", reason="stream_cut:locked")])
 
 
 class _TooLarge(Exception):
@@ -412,10 +475,37 @@ def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _stream(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    try:
-        yield from response.stream(STREAM_CHUNK, decode_content=False)
-    except urllib3.exceptions.HTTPError:
-        log.warning("upstream stream broke off")
-    finally:
-        response.release_conn()
+class _Stream:
+    """A download in progress, so a lock can cut it from outside the request thread."""
+
+    def __init__(
+        self, principal: Principal, project: str | None, response: urllib3.BaseHTTPResponse
+    ) -> None:
+        self.principal = principal
+        self.project = project
+        self.response = response
+        self.cut_off = False
+
+    def cut(self) -> None:
+        self.cut_off = True
+        # Unblocks a read that is waiting on a slow upstream; the loop then ends.
+        with contextlib.suppress(Exception):
+            self.response.shutdown()
+
+
+class ActiveStreams:
+    def __init__(self) -> None:
+        self._streams: dict[int, _Stream] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams[id(stream)] = stream
+
+    def remove(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams.pop(id(stream), None)
+
+    def snapshot(self) -> list[_Stream]:
+        with self._lock:
+            return list(self._streams.values())

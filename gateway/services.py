@@ -10,6 +10,7 @@ from gateway.audit import AuditWriter
 from gateway.config import Config
 from gateway.db.session import make_engine
 from gateway.identity import TokenVerifier
+from gateway.lockout import LockState
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
 from gateway.policy.admin import PolicyAdmin
@@ -27,6 +28,7 @@ class Services:
     signer: AssertionSigner
     pipeline: Pipeline
     policy_admin: PolicyAdmin
+    locks: LockState
 
 
 def build_services(config: Config) -> Services:
@@ -46,6 +48,11 @@ def build_services(config: Config) -> Services:
     signer = AssertionSigner(
         db, ttl_seconds=config.gateway.assertion_ttl_seconds, audience=config.upstream.url
     )
+    locks = LockState(
+        db,
+        poll_interval=config.lockout.poll_interval_seconds,
+        stale_after=config.lockout.stale_after_seconds,
+    )
     pipeline = Pipeline(
         config,
         verifier=verifier,
@@ -54,9 +61,18 @@ def build_services(config: Config) -> Services:
         upstream=Upstream(config.upstream),
         signer=signer,
         audit=audit,
+        locks=locks,
     )
     services = Services(
-        config, db, verifier, policy, audit, signer, pipeline, PolicyAdmin(db, config, policy)
+        config,
+        db,
+        verifier,
+        policy,
+        audit,
+        signer,
+        pipeline,
+        PolicyAdmin(db, config, policy),
+        locks,
     )
     start_background(services)
     return services
@@ -70,3 +86,4 @@ def start_background(services: Services) -> None:
         services.policy.last_error = "initial policy load failed"
     services.policy.start()
     services.audit.start()
+    services.locks.start()

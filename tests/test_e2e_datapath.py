@@ -143,6 +143,12 @@ def test_health_ready_and_jwks(gateway: Gateway) -> None:
     assert gateway.get("/_gateway/health").json() == {"status": "ok"}
     ready = gateway.get("/_gateway/ready")
     assert ready.status_code == 200
-    assert set(ready.json()["checks"]) == {"database", "audit_writer", "policy", "issuer_keys"}
+    assert set(ready.json()["checks"]) == {
+        "database",
+        "audit_writer",
+        "policy",
+        "issuer_keys",
+        "locks",
+    }
     keys = gateway.get("/_gateway/jwks.json").json()["keys"]
     assert keys and all("d" not in key for key in keys)

@@ -27,6 +27,7 @@ def ready():  # type: ignore[no-untyped-def]
         "ok" if services.audit.healthy and _audit_table_ok(services) else "failing"
     )
     checks["policy"] = "ok" if services.policy.loaded else "not_loaded"
+    checks["locks"] = "ok" if services.locks.fresh else "stale"
     issuers_ok = True
     for issuer in services.verifier.issuers:
         try:

@@ -65,59 +65,6 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
     click.echo("database is at the newest schema")
 
 
-@main.group()
-def policy() -> None:
-    """Policy rules (Casbin CSV)."""
-
-
-@policy.command("import")
-@config_option
-@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
-@click.option("--reason", required=True, help="why the policy changes (kept with the version)")
-def policy_import(config_path: str | None, csv_file: str, actor: str, reason: str) -> None:
-    """Replace the whole rule set with CSV_FILE as one new policy version."""
-    from gateway.db.session import make_engine
-    from gateway.policy import PolicyFileError, parse_csv
-    from gateway.policy.store import replace_rules
-
-    config = _load(config_path)
-    try:
-        rules = parse_csv(Path(csv_file).read_text(encoding="utf-8"), source=csv_file)
-    except (PolicyFileError, UnicodeDecodeError) as error:
-        raise click.ClickException(str(error)) from None
-    engine = make_engine(config.database_url)
-    try:
-        version = replace_rules(engine, rules, actor=actor, reason=reason)
-    except Exception as error:
-        raise click.ClickException(f"could not store the policy: {type(error).__name__}") from None
-    click.echo(f"imported {len(rules)} rules as policy version {version}")
-
-
-@policy.command("export")
-@config_option
-def policy_export(config_path: str | None) -> None:
-    """Print the rules in force as Casbin CSV (read through sqlalchemy-adapter)."""
-    import casbin
-    from sqlalchemy_adapter import Adapter
-
-    from gateway.db.models import CasbinRule
-    from gateway.db.session import make_engine
-
-    config = _load(config_path)
-    model = casbin.Enforcer.new_model(path=config.policy.model)
-    adapter = Adapter(make_engine(config.database_url), db_class=CasbinRule, create_table=False)
-    try:
-        adapter.load_policy(model)
-    except Exception as error:
-        raise click.ClickException(f"could not read the policy: {type(error).__name__}") from None
-    lines = []
-    for sec in ("p", "g"):
-        for ptype, assertion in model[sec].items():
-            lines.extend(", ".join([ptype, *rule]) for rule in assertion.policy)
-    click.echo("\n".join(sorted(lines)))
-
-
 @main.command("serve")
 @config_option
 @click.option("--bind", default="127.0.0.1:8080", show_default=True)
@@ -159,3 +106,9 @@ def demo_upstream(host: str, port: int, token: str) -> None:
     from gateway.demo.upstream import serve as serve_upstream
 
     serve_upstream(host, port, token)
+
+
+# The policy commands live in their own module, which uses `_load` and `config_option`.
+from gateway.cli.policy import policy_group  # noqa: E402
+
+main.add_command(policy_group)

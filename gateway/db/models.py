@@ -114,3 +114,24 @@ class AccessEvent(Base):
         Index("ix_access_log_request", "request_id"),
         Index("ux_access_log_chain_seq", "chain_id", "seq", unique=True),
     )
+
+
+class Lock(Base):
+    """A kill-switch lock on a vendor, contractor, issuer or project. Never deleted."""
+
+    __tablename__ = "locks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lifted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lifted_by: Mapped[str | None] = mapped_column(String(255))
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+    # What the locked vendor's people received recently, captured when the lock was made.
+    exposure: Mapped[str] = mapped_column(Text, default="null")
+
+    __table_args__ = (Index("ix_locks_active", "lifted_at", "kind", "target"),)

@@ -1,0 +1,242 @@
+"""Locks in the database: create (with the exposure snapshot), lift, list. Never deleted."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, func, insert, select, text, update
+
+from gateway.db.models import AccessEvent, Lock
+from gateway.policy.store import record_admin_event
+
+NOTIFY_CHANNEL = "gateway_locks"
+LOCK_KINDS = ("vendor", "contractor", "issuer", "project")
+_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$")
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class LockError(ValueError):
+    """Refused lock input; `field` names what is wrong."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+def parse_duration(value: str) -> timedelta:
+    """`90s`, `15m`, `24h`, `7d`."""
+    match = _DURATION.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise LockError("ttl", f"{value!r} is not a duration like 30m, 24h or 7d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _notify(connection: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_notify(:c, 'changed')"), {"c": NOTIFY_CHANNEL})
+
+
+def exposure_summary(db: Engine, kind: str, target: str, days: int) -> dict[str, Any]:
+    """What this vendor's (or contractor's) people received in the last `days` days."""
+    since = datetime.now(UTC) - timedelta(days=days)
+    conditions = [
+        AccessEvent.time >= since,
+        AccessEvent.decision == "allow",
+        AccessEvent.record_id.is_not(None),
+    ]
+    if kind == "vendor":
+        conditions.append(AccessEvent.vendor == target)
+    elif kind == "contractor":
+        issuer, _, subject = target.partition(":")
+        conditions += [AccessEvent.issuer == issuer, AccessEvent.subject == subject]
+    elif kind == "project":
+        conditions.append(AccessEvent.project == target)
+    else:
+        issuer = target
+        conditions.append(AccessEvent.issuer == issuer)
+    query = (
+        select(
+            AccessEvent.project,
+            func.count(func.distinct(AccessEvent.record_id)),
+            func.count(func.distinct(AccessEvent.subject)),
+            func.min(AccessEvent.time),
+            func.max(AccessEvent.time),
+        )
+        .where(*conditions)
+        .group_by(AccessEvent.project)
+        .order_by(AccessEvent.project)
+    )
+    contractors = select(func.count(func.distinct(AccessEvent.subject))).where(*conditions)
+    with db.connect() as connection:
+        rows = connection.execute(query).all()
+        total_contractors = connection.execute(contractors).scalar_one()
+    return {
+        "window_days": days,
+        "since": since.isoformat(),
+        "contractors": total_contractors,
+        "distinct_records": sum(row[1] for row in rows),
+        "projects": [
+            {
+                "project": row[0],
+                "distinct_records": row[1],
+                "contractors": row[2],
+                "first_access": _iso(row[3]),
+                "last_access": _iso(row[4]),
+            }
+            for row in rows
+        ],
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def create_lock(
+    db: Engine,
+    *,
+    kind: str,
+    target: str,
+    reason: str,
+    actor: str,
+    ttl: timedelta | None = None,
+    exposure_days: int = 30,
+) -> dict[str, Any]:
+    if kind not in LOCK_KINDS:
+        raise LockError("kind", f"must be one of {list(LOCK_KINDS)}")
+    if not isinstance(target, str) or not _TARGET.match(target):
+        raise LockError("target", f"{target!r} is not a valid {kind} name")
+    if kind == "contractor" and ":" not in target:
+        raise LockError("target", "a contractor is named <issuer>:<sub>, e.g. acme-idp:alice")
+    if not isinstance(reason, str) or not reason.strip():
+        raise LockError("reason", "a reason is required")
+    now = datetime.now(UTC)
+    with db.begin() as connection:
+        lock_id = connection.execute(
+            insert(Lock).values(
+                kind=kind,
+                target=target,
+                reason=reason.strip(),
+                actor=actor,
+                created_at=now,
+                expires_at=now + ttl if ttl else None,
+                exposure="null",
+            )
+        ).inserted_primary_key[0]
+        record_admin_event(
+            connection,
+            actor=actor,
+            action="lock.create",
+            target=f"{kind}:{target}",
+            reason=reason.strip(),
+            after={"lock_id": lock_id, "ttl_seconds": ttl.total_seconds() if ttl else None},
+            time=now,
+        )
+        _notify(connection)
+    # The lock is in force first; the blast radius is computed after, off the critical path.
+    exposure = exposure_summary(db, kind, target, exposure_days) if kind != "project" else None
+    if exposure is not None:
+        with db.begin() as connection:
+            connection.execute(
+                update(Lock)
+                .where(Lock.id == lock_id)
+                .values(exposure=orjson.dumps(exposure).decode())
+            )
+    return get_lock(db, lock_id)
+
+
+def lift_lock(db: Engine, lock_id: int, *, actor: str, reason: str) -> dict[str, Any]:
+    if not isinstance(reason, str) or not reason.strip():
+        raise LockError("reason", "a reason is required")
+    now = datetime.now(UTC)
+    with db.begin() as connection:
+        row = connection.execute(select(Lock).where(Lock.id == lock_id)).scalar_one_or_none()
+        if row is None:
+            raise LockError("lock_id", f"no lock {lock_id}", status=404)
+        if row.lifted_at is not None:
+            raise LockError("lock_id", f"lock {lock_id} was already lifted", status=409)
+        connection.execute(
+            update(Lock)
+            .where(Lock.id == lock_id)
+            .values(lifted_at=now, lifted_by=actor, lift_reason=reason.strip())
+        )
+        record_admin_event(
+            connection,
+            actor=actor,
+            action="lock.lift",
+            target=f"{row.kind}:{row.target}",
+            reason=reason.strip(),
+            before={"lock_id": lock_id},
+            time=now,
+        )
+        _notify(connection)
+    return get_lock(db, lock_id)
+
+
+def get_lock(db: Engine, lock_id: int) -> dict[str, Any]:
+    with db.connect() as connection:
+        row = connection.execute(select(Lock).where(Lock.id == lock_id)).scalar_one_or_none()
+    if row is None:
+        raise LockError("lock_id", f"no lock {lock_id}", status=404)
+    return lock_as_dict(row)
+
+
+def list_locks(db: Engine, *, include_inactive: bool = False) -> list[dict[str, Any]]:
+    with db.connect() as connection:
+        rows = connection.execute(select(Lock).order_by(Lock.id.desc())).scalars().all()
+    locks = [lock_as_dict(row) for row in rows]
+    return locks if include_inactive else [lock for lock in locks if lock["active"]]
+
+
+def lock_as_dict(row: Lock) -> dict[str, Any]:
+    expires = _aware(row.expires_at)
+    active = row.lifted_at is None and (expires is None or expires > datetime.now(UTC))
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "target": row.target,
+        "reason": row.reason,
+        "actor": row.actor,
+        "created_at": _iso(row.created_at),
+        "expires_at": _iso(row.expires_at),
+        "active": active,
+        "lifted_at": _iso(row.lifted_at),
+        "lifted_by": row.lifted_by,
+        "lift_reason": row.lift_reason,
+        "exposure": orjson.loads(row.exposure or "null"),
+    }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def active_lock_keys(db: Engine) -> dict[tuple[str, str], tuple[int, float | None]]:
+    """(kind, target) → (lock id, expiry epoch) for every lock not lifted."""
+    with db.connect() as connection:
+        rows = connection.execute(
+            select(Lock.id, Lock.kind, Lock.target, Lock.expires_at).where(Lock.lifted_at.is_(None))
+        ).all()
+    keys: dict[tuple[str, str], tuple[int, float | None]] = {}
+    for lock_id, kind, target, expires_at in rows:
+        expiry = _aware(expires_at).timestamp() if expires_at is not None else None
+        previous = keys.get((kind, target))
+        if previous is None or _outlasts(expiry, previous[1]):
+            keys[(kind, target)] = (lock_id, expiry)
+    return keys
+
+
+def _outlasts(a: float | None, b: float | None) -> bool:
+    return a is None or (b is not None and a > b)
