@@ -308,6 +308,9 @@ read_timeout = 2.0
 [policy]
 poll_interval_seconds = 0.5
 
+[lockout]
+stale_after_seconds = 2.0
+
 {routes}
 {EXTRA_TEST_ROUTES}
 """

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, func, insert, select, text, update
+from sqlalchemy.orm import Session
 
 from gateway.db.models import AccessEvent, Lock
 from gateway.policy.store import record_admin_event
@@ -160,7 +161,7 @@ def lift_lock(db: Engine, lock_id: int, *, actor: str, reason: str) -> dict[str,
         raise LockError("reason", "a reason is required")
     now = datetime.now(UTC)
     with db.begin() as connection:
-        row = connection.execute(select(Lock).where(Lock.id == lock_id)).scalar_one_or_none()
+        row = Session(bind=connection).get(Lock, lock_id)
         if row is None:
             raise LockError("lock_id", f"no lock {lock_id}", status=404)
         if row.lifted_at is not None:
@@ -184,17 +185,18 @@ def lift_lock(db: Engine, lock_id: int, *, actor: str, reason: str) -> dict[str,
 
 
 def get_lock(db: Engine, lock_id: int) -> dict[str, Any]:
-    with db.connect() as connection:
-        row = connection.execute(select(Lock).where(Lock.id == lock_id)).scalar_one_or_none()
-    if row is None:
-        raise LockError("lock_id", f"no lock {lock_id}", status=404)
-    return lock_as_dict(row)
+    with Session(db) as session:
+        row = session.get(Lock, lock_id)
+        if row is None:
+            raise LockError("lock_id", f"no lock {lock_id}", status=404)
+        return lock_as_dict(row)
 
 
 def list_locks(db: Engine, *, include_inactive: bool = False) -> list[dict[str, Any]]:
-    with db.connect() as connection:
-        rows = connection.execute(select(Lock).order_by(Lock.id.desc())).scalars().all()
-    locks = [lock_as_dict(row) for row in rows]
+    with Session(db) as session:
+        locks = [
+            lock_as_dict(row) for row in session.scalars(select(Lock).order_by(Lock.id.desc()))
+        ]
     return locks if include_inactive else [lock for lock in locks if lock["active"]]
 
 
