@@ -50,6 +50,9 @@ def create_app(config: Config) -> Flask:
     # Casbin logs every model line at INFO on each enforcer build.
     logging.getLogger("casbin").setLevel(logging.WARNING)
     app = Flask(__name__)
+    # Redirects for '//' or a missing trailing slash would echo the client's Host header.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
     services = build_services(config)
     app.extensions["gateway"] = services
     app.register_blueprint(admin_blueprint)

@@ -25,6 +25,7 @@ from werkzeug.wrappers import Request, Response
 from gateway.audit import AuditUnavailable, AuditWriter
 from gateway.config import Config
 from gateway.identity import AuthError, Principal, TokenVerifier
+from gateway.keys import GatewayKeys
 from gateway.lockout import LockHit, LockState
 from gateway.policy import PolicyEngine
 from gateway.records import ExtractedRecord, RecordError, extract_records
@@ -32,7 +33,6 @@ from gateway.records.selection import remove_records
 from gateway.routemap import PathRejected, RouteError, RouteMap, RouteMatch, normalise_path
 from gateway.routemap.normalise import split_request_target
 from gateway.upstream import (
-    AssertionSigner,
     Upstream,
     UpstreamError,
     request_headers_for_upstream,
@@ -125,7 +125,7 @@ class Pipeline:
         routes: RouteMap,
         policy: PolicyEngine,
         upstream: Upstream,
-        signer: AssertionSigner,
+        signer: GatewayKeys,
         audit: AuditWriter,
         locks: LockState,
     ) -> None:

@@ -10,12 +10,13 @@ from gateway.audit import AuditWriter
 from gateway.config import Config
 from gateway.db.session import make_engine
 from gateway.identity import TokenVerifier
+from gateway.keys import GatewayKeys
 from gateway.lockout import LockState
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
 from gateway.policy.admin import PolicyAdmin
 from gateway.routemap import RouteMap
-from gateway.upstream import AssertionSigner, Upstream
+from gateway.upstream import Upstream
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Services:
     verifier: TokenVerifier
     policy: PolicyEngine
     audit: AuditWriter
-    signer: AssertionSigner
+    keys: GatewayKeys
     pipeline: Pipeline
     policy_admin: PolicyAdmin
     locks: LockState
@@ -45,7 +46,7 @@ def build_services(config: Config) -> Services:
         batch_max_rows=config.audit.batch_max_rows,
         commit_timeout=config.audit.commit_timeout_seconds,
     )
-    signer = AssertionSigner(
+    keys = GatewayKeys(
         db, ttl_seconds=config.gateway.assertion_ttl_seconds, audience=config.upstream.url
     )
     locks = LockState(
@@ -59,7 +60,7 @@ def build_services(config: Config) -> Services:
         routes=RouteMap(config.routes),
         policy=policy,
         upstream=Upstream(config.upstream),
-        signer=signer,
+        signer=keys,
         audit=audit,
         locks=locks,
     )
@@ -69,7 +70,7 @@ def build_services(config: Config) -> Services:
         verifier,
         policy,
         audit,
-        signer,
+        keys,
         pipeline,
         PolicyAdmin(db, config, policy),
         locks,

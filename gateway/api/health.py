@@ -54,7 +54,7 @@ def _audit_table_ok(services) -> bool:  # type: ignore[no-untyped-def]
 @health_blueprint.get("/jwks.json")
 def jwks():  # type: ignore[no-untyped-def]
     services = current_app.extensions["gateway"]
-    return jsonify(services.signer.public_jwks())
+    return jsonify(services.keys.public_jwks())
 
 
 @health_blueprint.route(

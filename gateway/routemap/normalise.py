@@ -56,6 +56,10 @@ def normalise_path(raw_path: str) -> str:
 
 def split_request_target(target: str) -> tuple[str, str]:
     """Split a raw request target into (path, query); absolute-form targets keep their path."""
+    # A fragment never belongs in a request target; an upstream would drop it and act on a
+    # different query than the one checked here.
+    if "#" in target:
+        raise PathRejected("fragment in request target")
     if target.startswith(("http://", "https://")):
         after_scheme = target.split("://", 1)[1]
         end = re.search(r"[/?#]", after_scheme)
@@ -66,7 +70,4 @@ def split_request_target(target: str) -> tuple[str, str]:
             raise PathRejected("absolute-form target without a path")
         target = after_scheme[end.start() :]
     path, _, query = target.partition("?")
-    # A fragment never belongs in a request target; treat it as part of nothing.
-    if "#" in path:
-        raise PathRejected("fragment in request target")
     return path, query

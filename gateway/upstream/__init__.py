@@ -1,11 +1,9 @@
 """Forwarding to the dataset service: pooled, header-clean, with an identity assertion."""
 
-from gateway.upstream.assertion import AssertionSigner
 from gateway.upstream.forward import Upstream, UpstreamError
 from gateway.upstream.headers import request_headers_for_upstream, response_headers_for_client
 
 __all__ = [
-    "AssertionSigner",
     "Upstream",
     "UpstreamError",
     "request_headers_for_upstream",

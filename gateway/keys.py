@@ -1,13 +1,15 @@
-"""Short-lived signed identity assertion for the upstream (X-Gateway-Assertion).
+"""The gateway's own Ed25519 key: identity assertions, checkpoint and manifest signatures.
 
 The upstream can check who the gateway let through without trusting any header a client
-could have set: the JWT is signed with the gateway's Ed25519 key, published at
-`/_gateway/jwks.json`. The key lives in the database so every worker and every instance
-signs with, and publishes, the same keys.
+could have set: the assertion JWT (X-Gateway-Assertion) is signed with this key,
+published at `/_gateway/jwks.json`. Audit checkpoints and exposure manifests carry
+detached signatures by the same key. It lives in the database so every worker and every
+instance signs with, and publishes, the same keys.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import threading
 import time
@@ -15,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidSignature
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 from sqlalchemy import Engine, insert, select
@@ -24,7 +27,7 @@ from gateway.db.models import SigningKey
 ASSERTION_ISSUER = "contractor-gateway"
 
 
-class AssertionSigner:
+class GatewayKeys:
     def __init__(self, engine: Engine, *, ttl_seconds: int = 60, audience: str) -> None:
         self._db = engine
         self._ttl = ttl_seconds
@@ -77,9 +80,27 @@ class AssertionSigner:
             {"alg": "Ed25519", "kid": key.kid, "typ": "JWT"}, payload, key, algorithms=["Ed25519"]
         )
 
-    def public_jwks(self) -> dict[str, Any]:
+    def sign_detached(self, data: bytes) -> tuple[str, str]:
+        """(kid, base64url Ed25519 signature) over `data`."""
+        key = self._signing_key()
+        signature = key.private_key.sign(data)  # type: ignore[union-attr]
+        return str(key.kid), base64.urlsafe_b64encode(signature).decode().rstrip("=")
+
+    def verify_detached(self, kid: str, data: bytes, signature: str) -> bool:
+        """True if `signature` over `data` is by key `kid` of this gateway."""
+        public = {key["kid"]: key for key in self.public_jwks(refresh=True)["keys"]}
+        if kid not in public:
+            return False
+        try:
+            raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+            OKPKey.import_key(public[kid]).public_key.verify(raw, data)  # type: ignore[union-attr]
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def public_jwks(self, refresh: bool = False) -> dict[str, Any]:
         """Every key in the store, public halves only; refreshed every minute."""
-        if self._public is None or time.monotonic() - self._public_loaded_at > 60:
+        if refresh or self._public is None or time.monotonic() - self._public_loaded_at > 60:
             self._signing_key()
             with self._db.connect() as connection:
                 rows = connection.execute(select(SigningKey.private_jwk)).scalars().all()
