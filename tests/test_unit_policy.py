@@ -53,7 +53,10 @@ def test_render_csv_round_trips() -> None:
         ("p, role:a, proj-1, *, read", "5 fields"),
         ("p, role:a, proj-1, *, read, allow, extra", "window"),
         ("p, role:a, proj-1, *, read, allow, ../2026-01-01", "UTC offset"),
-        ("p, role:a, proj-1, *, read, allow, 2027-01-01T00:00:00Z/2026-01-01T00:00:00Z", "ends before"),
+        (
+            "p, role:a, proj-1, *, read, allow, 2027-01-01T00:00:00Z/2026-01-01T00:00:00Z",
+            "ends before",
+        ),
         ("p, role:a, proj-1, *, read, allow, .., x", "5 fields"),
         ("p, role:a, proj-1, *, read, maybe", "effect"),
         ("p, role a, proj-1, *, read, allow", "subject"),
