@@ -37,6 +37,10 @@ HASHED_FIELDS = (
 )
 
 
+# The fields a request supplies; the writer appends chain_id, seq and prev_hash.
+ROW_FIELDS = HASHED_FIELDS[:-3]
+
+
 def canonical_time(value: datetime) -> str:
     """Microsecond UTC text; naive values are taken as UTC, aware ones converted to it."""
     if value.tzinfo is not None:
@@ -44,8 +48,13 @@ def canonical_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def hash_values(values: list[Any]) -> str:
+    """SHA-256 of the HASHED_FIELDS values in order, the time as canonical text."""
+    return hashlib.sha256(orjson.dumps(values)).hexdigest()
+
+
 def row_hash(row: dict[str, Any], time_text: str | None = None) -> str:
-    """SHA-256 over the hashed fields; `time_text` saves re-formatting a shared timestamp."""
+    """The hash of a row given as a mapping of HASHED_FIELDS (used to verify stored rows)."""
     values = [row.get(name) for name in HASHED_FIELDS]
     values[0] = time_text or canonical_time(row["time"])
-    return hashlib.sha256(orjson.dumps(values)).hexdigest()
+    return hash_values(values)

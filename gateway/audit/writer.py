@@ -17,14 +17,25 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from gateway.audit.chain import GENESIS, HASHED_FIELDS, canonical_time, row_hash
+from gateway.audit.chain import GENESIS, HASHED_FIELDS, ROW_FIELDS, canonical_time, hash_values
 
 log = logging.getLogger(__name__)
 
 
 COLUMNS = (*HASHED_FIELDS, "row_hash")
 # Column names are constants of this module, never input.
-_COPY_SQL = f"COPY access_log ({', '.join(COLUMNS)}) FROM STDIN"
+_COPY_SQL = f"COPY access_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# Binary COPY with declared types skips per-value type lookup: about 4x less CPU per row
+# than text COPY, and this runs once for every record released.
+_INTEGER_COLUMNS = {
+    "policy_version": "int4",
+    "upstream_status": "int4",
+    "bytes": "int8",
+    "seq": "int8",
+}
+_COPY_TYPES = [
+    "timestamptz" if name == "time" else _INTEGER_COLUMNS.get(name, "text") for name in COLUMNS
+]
 _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT_SQL = f"INSERT INTO access_log ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 
@@ -42,6 +53,7 @@ def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
     driver = connection.connection.driver_connection
     if connection.dialect.name == "postgresql":
         with driver.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:  # type: ignore[union-attr]
+            copy.set_types(_COPY_TYPES)
             for row in rows:
                 copy.write_row(row)
     else:
@@ -112,19 +124,23 @@ class AuditWriter:
                 self._fail(batch, error)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        seq, prev = self._seq, self._prev
+        seq, prev, chain_id = self._seq, self._prev, self.chain_id
         values = []
         time_texts: dict[Any, str] = {}
         for pending in batch:
             for row in pending.rows:
                 seq += 1
-                row["chain_id"], row["seq"], row["prev_hash"] = self.chain_id, seq, prev
                 stamp = row["time"]
                 time_text = time_texts.get(stamp) or time_texts.setdefault(
                     stamp, canonical_time(stamp)
                 )
-                prev = row_hash(row, time_text)
-                values.append((*(row[name] for name in HASHED_FIELDS), prev))
+                stored = [row[name] for name in ROW_FIELDS]
+                stored += (chain_id, seq, prev)
+                hashed = stored.copy()
+                hashed[0] = time_text
+                prev = hash_values(hashed)
+                stored.append(prev)
+                values.append(stored)
         with self._db.begin() as connection:
             insert_rows(connection, values)
         self._seq, self._prev = seq, prev
