@@ -340,23 +340,35 @@ class Pipeline:
         finally:
             upstream_response.release_conn()
         keep = [self._record_allowed(ctx, record) for record in records]
-        rows = []
-        for record, kept in zip(records, keep, strict=True):
-            rows.append(
-                ctx.row(
-                    decision="allow" if kept else "filtered",
-                    reason="released" if kept else "record_policy_denied",
-                    project=record.project or match.project,
-                    task=record.task or (match.task if match.task != "*" else None),
-                    record_id=record.record_id,
-                    record_sha256=record.sha256,
-                    upstream_status=upstream_response.status,
-                    bytes=record.size if kept else 0,
-                )
-            )
+        # Everything but the record's own facts is shared by the request's rows.
+        base = ctx.row(
+            decision="allow", reason="released", upstream_status=upstream_response.status
+        )
+        route_task = match.task if match.task != "*" else None
+        rows = [
+            {
+                **base,
+                "project": record.project or match.project,
+                "task": record.task or route_task,
+                "record_id": record.record_id,
+                "record_sha256": record.sha256,
+                "bytes": record.size,
+            }
+            if kept
+            else {
+                **base,
+                "decision": "filtered",
+                "reason": "record_policy_denied",
+                "project": record.project or match.project,
+                "task": record.task or route_task,
+                "record_id": record.record_id,
+                "record_sha256": record.sha256,
+                "bytes": 0,
+            }
+            for record, kept in zip(records, keep, strict=True)
+        ]
         if not all(keep):
             if spec.single:
-                rows[0]["reason"] = "record_policy_denied"
                 self.audit.write(rows)
                 return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
             try:
