@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -55,8 +55,8 @@ def describe_error(error: BaseException) -> str | None:
         return f"the file is not UTF-8 text ({error.reason} at byte {error.start})"
     if isinstance(error, sa.ArgumentError):
         return f"database.url is not usable: {error}"
-    if isinstance(error, sa.ProgrammingError) or (
-        isinstance(error, sa.OperationalError) and "no such table" in str(error.orig)
+    if isinstance(error, sa.DBAPIError) and (
+        "no such table" in str(error.orig) or type(error.orig).__name__ == "UndefinedTable"
     ):
         return SCHEMA_MISSING
     if isinstance(error, sa.OperationalError | sa.InterfaceError):
@@ -94,11 +94,11 @@ def friendly_errors(*, db_prefix: str = "") -> Callable[[F], F]:
     return decorate
 
 
-def refuse(**errors: str) -> None:
+def refuse(field: str, message: str) -> NoReturn:
     """Refuse bad command-line input the same way the service layer refuses a change."""
     from gateway.policy.admin import PolicyValidationError
 
-    raise PolicyValidationError(errors)
+    raise PolicyValidationError({field: message})
 
 
 # --- shared plumbing -------------------------------------------------------------------
@@ -173,15 +173,17 @@ def resolve_subject(config: Config, sub: str | None, vendor: str | None) -> str:
     """`--sub` / `--vendor` → the policy subject, refusing anything ambiguous."""
     from gateway.policy.admin import subject_name
 
+    if (sub is None) == (vendor is None):
+        refuse("--sub/--vendor", "give exactly one of --sub ISSUER:SUB or --vendor NAME")
     if sub is not None:
         kind, sep, name = sub.partition(":")
         if kind in ("vendor", "role"):
-            refuse(sub=f"{sub!r} is not a contractor; use --vendor for a whole vendor")
+            refuse("--sub", f"{sub!r} is not a contractor; use --vendor for a whole vendor")
         issuers = sorted(issuer.name for issuer in config.issuers)
         if not sep or not name:
-            refuse(sub=f"{sub!r} must be <issuer name>:<sub> (issuers: {', '.join(issuers)})")
+            refuse("--sub", f"{sub!r} must be <issuer name>:<sub> (issuers: {', '.join(issuers)})")
         if kind not in issuers:
-            refuse(sub=f"{sub!r} names no configured issuer (issuers: {', '.join(issuers)})")
+            refuse("--sub", f"{sub!r} names no configured issuer (issuers: {', '.join(issuers)})")
     return subject_name(sub=sub, vendor=vendor)
 
 
@@ -212,7 +214,7 @@ def validity_window(start: str | None, until: str | None) -> tuple[float | None,
         seconds = parse_duration(until)
         if seconds is not None:
             if seconds <= 0:
-                refuse(until=f"duration {until!r} must be longer than zero")
+                refuse("--until", f"duration {until!r} must be longer than zero")
             not_after = (not_before if not_before is not None else now) + seconds
         else:
             try:
@@ -221,14 +223,15 @@ def validity_window(start: str | None, until: str | None) -> tuple[float | None,
                 if "UTC offset" in str(error):
                     raise
                 refuse(
-                    until=f"{until!r} is neither an ISO 8601 time (2026-12-01T00:00:00Z) "
-                    "nor a duration (8h, 3d, 1d12h)"
+                    "--until",
+                    f"{until!r} is neither an ISO 8601 time (2026-12-01T00:00:00Z) "
+                    "nor a duration (8h, 3d, 1d12h)",
                 )
         assert not_after is not None
         if not_after <= now:
-            refuse(until=f"{until!r} is in the past; the grant would never be in force")
+            refuse("--until", f"{until!r} is in the past; the rule would never be in force")
         if not_before is not None and not_after <= not_before:
-            refuse(until=f"{until!r} is not after --from {start!r}")
+            refuse("--until", f"{until!r} is not after --from {start!r}")
     return not_before, not_after
 
 
@@ -256,6 +259,13 @@ def print_json(value: Any) -> None:
 
 def format_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_datetime(value: datetime) -> str:
+    """Stored times are UTC; SQLite hands them back without a zone."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_span(seconds: float) -> str:
@@ -320,7 +330,7 @@ def policy_group() -> None:
     """Policy: grants, denies, roles, explain, versions (Casbin CSV underneath)."""
 
 
-@policy_group.command("grant")
+@policy_group.command("grant", short_help="Grant a role or an action (maybe time-boxed).")
 @config_option
 @subject_options
 @click.option("--project", required=True, help="project the grant is in")
@@ -430,7 +440,7 @@ def policy_role(
     """Define a role in a project (or add actions to it)."""
     names = [a.strip() for a in actions.split(",") if a.strip()]
     if not names:
-        refuse(actions="name at least one action, e.g. --actions read,annotate")
+        refuse("--actions", "name at least one action, e.g. --actions read,annotate")
     with policy_admin(config_path) as admin:
         result = admin.define_role(
             actor=actor,
@@ -444,7 +454,7 @@ def policy_role(
     print_change(result, "defined")
 
 
-@policy_group.command("revoke")
+@policy_group.command("revoke", short_help="Remove exact rules (lines as `list` prints).")
 @config_option
 @click.argument("rule_lines", nargs=-1, metavar="RULE_LINE...")
 @click.option(
@@ -475,7 +485,7 @@ def policy_revoke(
     print_change(result, "revoked")
 
 
-@policy_group.command("list")
+@policy_group.command("list", short_help="List the rules, with their expiry.")
 @config_option
 @click.option("--project", help="only this project")
 @click.option("--sub", help="only rules naming this contractor (<issuer>:<sub>)")
@@ -491,7 +501,7 @@ def policy_list(
 ) -> None:
     """The rules stored, as a table with their expiry (RULE is the line `revoke` takes)."""
     if sub is not None and vendor is not None:
-        refuse(subject="filter by --sub or by --vendor, not both")
+        refuse("--sub/--vendor", "filter by --sub or by --vendor, not both")
     with policy_admin(config_path) as admin:
         version, rules = admin.list_rules(project=project, subject=sub, vendor=vendor)
     now = time.time()
@@ -533,7 +543,7 @@ def policy_list(
     )
 
 
-@policy_group.command("explain")
+@policy_group.command("explain", short_help="Why one request would be allowed or denied.")
 @config_option
 @click.option("--sub", required=True, help="the contractor, <issuer name>:<sub>")
 @click.option("--vendor", help="the contractor's vendor (default: the issuer's bound vendor)")
@@ -612,23 +622,23 @@ def check_request(
     issuers = {issuer.name: issuer for issuer in config.issuers}
     kind, sep, name = sub.partition(":")
     if not sep or not name or kind not in issuers:
-        refuse(sub=f"{sub!r} must be <issuer name>:<sub> with one of {sorted(issuers)}")
+        refuse("--sub", f"{sub!r} must be <issuer name>:<sub> with one of {sorted(issuers)}")
     bound = issuers[kind].vendor
     if vendor is None:
         if bound is None:
-            refuse(vendor=f"issuer {kind} takes the vendor from a claim; give --vendor")
+            refuse("--vendor", f"issuer {kind} takes the vendor from a claim; give --vendor")
         vendor = bound
     elif bound is not None and vendor != bound:
-        refuse(vendor=f"issuer {kind} binds every token to vendor {bound!r}, not {vendor!r}")
+        refuse("--vendor", f"issuer {kind} binds every token to vendor {bound!r}, not {vendor!r}")
     if admin.projects and project not in admin.projects:
-        refuse(project=f"unknown project {project!r}; known: {sorted(admin.projects)}")
+        refuse("--project", f"unknown project {project!r}; known: {sorted(admin.projects)}")
     if action not in admin.actions:
-        refuse(action=f"unknown action {action!r}; known: {sorted(admin.actions)}")
+        refuse("--action", f"unknown action {action!r}; known: {sorted(admin.actions)}")
     assert vendor is not None
     return vendor
 
 
-@policy_group.command("history")
+@policy_group.command("history", short_help="Recent versions: who, when, why.")
 @config_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -648,7 +658,7 @@ def policy_history(config_path: str | None, limit: int, as_json: bool) -> None:
         [
             [
                 str(v.id),
-                v.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                format_datetime(v.created_at),
                 v.actor,
                 f"+{len(v.added)} -{len(v.removed)}",
                 v.reason,
@@ -658,7 +668,7 @@ def policy_history(config_path: str | None, limit: int, as_json: bool) -> None:
     )
 
 
-@policy_group.command("diff")
+@policy_group.command("diff", short_help="Rules added and removed between two versions.")
 @config_option
 @click.argument("older", type=click.IntRange(min=1))
 @click.argument("newer", type=click.IntRange(min=1))
@@ -703,7 +713,7 @@ def policy_rollback(
             try:
                 target = store.rules_at(admin.db, version)
             except KeyError:
-                refuse(version=f"no policy version {version}")
+                refuse("version", f"no policy version {version}")
             result = admin.apply(
                 actor=actor,
                 reason=reason,
@@ -719,7 +729,7 @@ def policy_rollback(
     print_change(result, f"rolled back to version {version}")
 
 
-@policy_group.command("apply")
+@policy_group.command("apply", short_help="Apply a reviewed policy file as one version.")
 @config_option
 @click.argument("policy_file", type=click.Path(exists=True, dir_okay=False))
 @write_options()
@@ -779,7 +789,7 @@ def policy_apply(
     )
 
 
-@policy_group.command("import")
+@policy_group.command("import", short_help="Replace the rule set with a CSV file (for CI).")
 @config_option
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
@@ -818,7 +828,7 @@ def policy_import(
     )
 
 
-@policy_group.command("export")
+@policy_group.command("export", short_help="Print the rules as Casbin CSV.")
 @config_option
 @friendly_errors(db_prefix="could not read the policy: ")
 def policy_export(config_path: str | None) -> None:
