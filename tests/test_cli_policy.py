@@ -26,7 +26,7 @@ from gateway.config import load_config
 from gateway.db.migrate import upgrade
 from gateway.db.session import make_engine
 from gateway.policy import PolicyEngine, parse_csv
-from gateway.policy.admin import PolicyAdmin
+from gateway.policy.admin import PolicyAdmin, PolicyValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_POLICY = ROOT / "policies" / "demo.csv"
@@ -701,6 +701,10 @@ def test_explain_matches_the_engine_decision(cli: Cli, admin: PolicyAdmin, seed:
     denied_by_rule = 0
     for _ in range(300):
         sub, vendor, project, task, action = request = random_request(rng)
+        if project == "proj-9":  # not a configured project: refused, not answered
+            with pytest.raises(PolicyValidationError):
+                admin.explain(sub=sub, vendor=vendor, project=project, task=task, action=action)
+            continue
         explanation = admin.explain(
             sub=sub, vendor=vendor, project=project, task=task, action=action
         )

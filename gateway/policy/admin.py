@@ -8,6 +8,7 @@ API are thin layers over this module.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,17 @@ class PolicyAdmin:
         Walks the rules in force independently of Casbin, so a test can hold the two
         implementations against each other; the decision returned is the engine's.
         """
+        errors = {}
+        if self.projects and project not in self.projects:
+            errors["project"] = f"unknown project {project!r}"
+        if action not in self.actions:
+            errors["action"] = f"unknown action {action!r}; known: {sorted(self.actions)}"
+        if not _NAME.match(vendor):
+            errors["vendor"] = f"{vendor!r} is not a valid vendor name"
+        if sub.partition(":")[0] not in self.issuer_names:
+            errors["sub"] = f"subject {sub!r} names no configured issuer (<issuer>:<sub>)"
+        if errors:
+            raise PolicyValidationError(errors)
         engine = self._policy_engine()
         decision = engine.decide(sub, vendor, project, task, action)
         rules = engine.rules_in_force(project)
@@ -188,6 +200,7 @@ class PolicyAdmin:
         """Give `subject` a role or an action in a project, maybe narrowed to a task."""
         if (role is None) == (action is None):
             raise PolicyValidationError({"role": "give exactly one of a role or an action"})
+        _check_grantee(subject)
         window = _window(not_before, not_after)
         if role is not None and task == "*":
             added = [self._rule("g", [subject, role_name(role), project], window)]
@@ -225,6 +238,7 @@ class PolicyAdmin:
         base_version: int | None = None,
         dry_run: bool = False,
     ) -> ChangeResult:
+        _check_grantee(subject)
         rule = self._rule(
             "p", [subject, project, task, action, "deny"], _window(not_before, not_after)
         )
@@ -278,7 +292,8 @@ class PolicyAdmin:
         except PolicyFileError as error:
             raise PolicyValidationError({"rules": str(error)}) from None
         _, current = self.rules()
-        missing = [r.to_csv_line() for r in wanted if r not in set(current)]
+        existing = set(current)
+        missing = [r.to_csv_line() for r in wanted if r not in existing]
         if missing:
             raise PolicyValidationError({"rules": f"not in the policy: {missing[:5]}"})
         return self._change(
@@ -441,7 +456,17 @@ class PolicyAdmin:
         return None
 
 
+def _check_grantee(subject: str) -> None:
+    """Grants and denies name a contractor or a vendor; roles are edited with define_role."""
+    if subject.startswith("role:"):
+        raise PolicyValidationError(
+            {"subject": "grant to a contractor or a vendor; define roles with the role command"}
+        )
+
+
 def _window(not_before: float | None, not_after: float | None) -> str | None:
+    if not_after is not None and not_after <= time.time():
+        raise PolicyValidationError({"until": "the grant would end in the past"})
     if not_before is None and not_after is None:
         return None
     start = format_instant(not_before) if not_before is not None else ".."
