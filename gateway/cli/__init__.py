@@ -112,3 +112,9 @@ def demo_upstream(host: str, port: int, token: str) -> None:
 from gateway.cli.policy import policy_group  # noqa: E402
 
 main.add_command(policy_group)
+
+from gateway.cli.audit import audit_group  # noqa: E402
+from gateway.cli.locks import register_lock_commands  # noqa: E402
+
+main.add_command(audit_group)
+register_lock_commands(main)

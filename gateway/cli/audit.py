@@ -1,0 +1,15 @@
+"""`gateway audit ...`: the auditor's commands (query, provenance, exposure, exports,
+verification). The commands live in audit_query.py and audit_integrity.py."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """Query, export and verify the per-record access log."""
+
+
+# Importing registers the commands on the group.
+from gateway.cli import audit_integrity, audit_query  # noqa: E402, F401
