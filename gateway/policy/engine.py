@@ -62,11 +62,19 @@ class Decision:
 @dataclass
 class _Snapshot:
     version: int
-    rules: list[Rule]
+    rules_by_project: dict[str, frozenset[Rule]]  # every rule, in force or not
     in_force_by_project: dict[str, frozenset[Rule]]
     enforcers: dict[str, casbin.Enforcer]
-    next_change: float
+    next_change: float  # the next moment a time-boxed rule starts or stops
+    next_change_by_project: dict[str, float]
     cache: dict[tuple[str, str, str, str, str], Decision] = field(default_factory=dict)
+
+
+def _by_project(rules: list[Rule]) -> dict[str, frozenset[Rule]]:
+    grouped: dict[str, set[Rule]] = defaultdict(set)
+    for rule in rules:
+        grouped[rule.project].add(rule)
+    return {project: frozenset(group) for project, group in grouped.items()}
 
 
 class PolicyEngine:
@@ -106,21 +114,39 @@ class PolicyEngine:
         return snapshot.in_force_by_project.get(project, frozenset()) if snapshot else frozenset()
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Load the newest version if it differs from the one in force; True if swapped."""
+        """Bring the newest version in force; True if a new snapshot was published.
+
+        A running engine applies the stored diffs of the versions it missed, so a change
+        costs in proportion to its size; a start, a gap or `force` reloads every rule.
+        """
         with self._reload_lock:
             current = self._snapshot
-            if (
-                current is not None
-                and not force
-                and store.current_version(self._db) == current.version
-            ):
-                self.last_refresh = time.monotonic()
-                return False
-            version, rules = store.load_rules(self._db)
-            self._snapshot = self._build(version, rules, current)
+            latest = store.current_version(self._db)
             self.last_refresh = time.monotonic()
+            if current is not None and not force and latest == current.version:
+                return False
+            if current is not None and not force and latest > current.version:
+                diffs = store.diffs_since(self._db, current.version)
+                versions = [version for version, _, _ in diffs]
+                if versions and versions == list(range(current.version + 1, versions[-1] + 1)):
+                    self._snapshot = self._apply_diffs(current, diffs)
+                    log.info("policy version %s in force", self._snapshot.version)
+                    return True
+            version, rules = store.load_rules(self._db)
+            self._snapshot = self._build(version, _by_project(rules), current)
             log.info("policy version %s in force (%d rules)", version, len(rules))
             return True
+
+    def _apply_diffs(
+        self, current: _Snapshot, diffs: list[tuple[int, list[Rule], list[Rule]]]
+    ) -> _Snapshot:
+        by_project = dict(current.rules_by_project)
+        for _, added, removed in diffs:
+            for rule in removed:
+                by_project[rule.project] = by_project.get(rule.project, frozenset()) - {rule}
+            for rule in added:
+                by_project[rule.project] = by_project.get(rule.project, frozenset()) | {rule}
+        return self._build(diffs[-1][0], by_project, current)
 
     def _current(self) -> _Snapshot | None:
         snapshot = self._snapshot
@@ -129,28 +155,56 @@ class PolicyEngine:
                 snapshot = self._snapshot
                 if snapshot is not None and time.time() >= snapshot.next_change:
                     snapshot = self._snapshot = self._build(
-                        snapshot.version, snapshot.rules, snapshot
+                        snapshot.version, snapshot.rules_by_project, snapshot, expiry=True
                     )
         return snapshot
 
-    def _build(self, version: int, rules: list[Rule], previous: _Snapshot | None) -> _Snapshot:
+    def _build(
+        self,
+        version: int,
+        rules_by_project: dict[str, frozenset[Rule]],
+        previous: _Snapshot | None,
+        *,
+        expiry: bool = False,
+    ) -> _Snapshot:
+        """A snapshot of `rules_by_project`; unchanged projects keep their enforcers."""
         now = time.time()
-        grouped: dict[str, set[Rule]] = defaultdict(set)
-        next_change = math.inf
-        for rule in rules:
-            for moment in (rule.not_before, rule.not_after):
-                if moment is not None and moment > now:
-                    next_change = min(next_change, moment)
-            if rule.in_force(now):
-                grouped[rule.project].add(rule)
-        in_force = {project: frozenset(r) for project, r in grouped.items()}
+        in_force: dict[str, frozenset[Rule]] = {}
         enforcers: dict[str, casbin.Enforcer] = {}
-        for project, project_rules in in_force.items():
-            if previous is not None and previous.in_force_by_project.get(project) == project_rules:
+        next_by_project: dict[str, float] = {}
+        for project, rules in rules_by_project.items():
+            if (
+                previous is not None
+                and not expiry
+                and previous.rules_by_project.get(project) is rules
+            ):
+                # Untouched by this change: reuse everything (no per-rule work).
+                if project in previous.in_force_by_project:
+                    in_force[project] = previous.in_force_by_project[project]
+                    enforcers[project] = previous.enforcers[project]
+                if project in previous.next_change_by_project:
+                    next_by_project[project] = previous.next_change_by_project[project]
+                continue
+            upcoming = [
+                moment
+                for rule in rules
+                for moment in (rule.not_before, rule.not_after)
+                if moment is not None and moment > now
+            ]
+            if upcoming:
+                next_by_project[project] = min(upcoming)
+            active = frozenset(rule for rule in rules if rule.in_force(now))
+            if not active:
+                continue
+            in_force[project] = active
+            if previous is not None and previous.in_force_by_project.get(project) == active:
                 enforcers[project] = previous.enforcers[project]
             else:
-                enforcers[project] = self._build_enforcer(project_rules)
-        return _Snapshot(version, rules, in_force, enforcers, next_change)
+                enforcers[project] = self._build_enforcer(active)
+        next_change = min(next_by_project.values(), default=math.inf)
+        return _Snapshot(
+            version, rules_by_project, in_force, enforcers, next_change, next_by_project
+        )
 
     def _build_enforcer(self, rules: frozenset[Rule]) -> casbin.Enforcer:
         model = casbin.Enforcer.new_model(text=self._model_text)

@@ -216,6 +216,27 @@ def _version_info(row: Any) -> VersionInfo:
     )
 
 
+def diffs_since(engine: Engine, version: int) -> list[tuple[int, list[Rule], list[Rule]]]:
+    """(version, added, removed) for every version after `version`, in order."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(PolicyVersion.id, PolicyVersion.diff)
+            .where(PolicyVersion.id > version)
+            .order_by(PolicyVersion.id)
+        ).all()
+    diffs = []
+    for row in rows:
+        diff = orjson.loads(row.diff or "{}")
+        diffs.append(
+            (
+                row.id,
+                [_parse_line(line) for line in diff.get("added", [])],
+                [_parse_line(line) for line in diff.get("removed", [])],
+            )
+        )
+    return diffs
+
+
 def rules_at(engine: Engine, version: int) -> set[Rule]:
     """The rule set as it was right after `version`, replayed from the stored diffs."""
     with engine.connect() as connection:
