@@ -118,3 +118,7 @@ from gateway.cli.locks import register_lock_commands  # noqa: E402
 
 main.add_command(audit_group)
 register_lock_commands(main)
+
+from gateway.cli.anomalies import anomalies_group  # noqa: E402
+
+main.add_command(anomalies_group)

@@ -1,0 +1,1 @@
+"""Anomaly review: detectors over the access log, alerts, and a scenario generator."""
