@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from gateway.upstream import (
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BODY = 10 * 1024 * 1024
+_QUOTED_STRING_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 STREAM_CHUNK = 64 * 1024
 
 
@@ -216,9 +218,11 @@ class Pipeline:
         try:
             return self.verifier.authenticate(request.headers.get("Authorization"))
         except AuthError as error:
+            # The description may quote token content; keep the quoted-string well formed.
+            description = _QUOTED_STRING_UNSAFE.sub("?", error.description)
             challenge = (
                 f'Bearer realm="gateway", error="{error.error}", '
-                f'error_description="{error.description}"'
+                f'error_description="{description}"'
             )
             headers = {"WWW-Authenticate": challenge} if error.status == 401 else {}
             raise Denial(error.status, error.error, error.description, headers=headers) from None
