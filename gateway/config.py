@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "policies" / "model.conf"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 ALLOWED_ALGORITHMS = frozenset(
     {
         "RS256",
@@ -102,6 +102,10 @@ class UpstreamConfig:
 class AuditConfig:
     batch_max_rows: int = 5000
     commit_timeout_seconds: float = 10.0
+    # Each audit writer signs a checkpoint of its chain head this often, also when idle.
+    checkpoint_interval_seconds: float = 10.0
+    # `gateway audit prune` without --before removes rows older than this; 0 keeps all.
+    retention_days: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from gateway.identity.principal import AuthError, Principal
 
 log = logging.getLogger(__name__)
 
-_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]{16,8192}$")
-_VENDOR = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]{16,8192}\Z")
+_VENDOR = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "jwt"})
 # Claims only an OpenID Connect ID token carries; such a token is proof of a login at a
 # client, not a grant to call this gateway.

@@ -15,8 +15,8 @@ from gateway.policy.store import record_admin_event
 
 NOTIFY_CHANNEL = "gateway_locks"
 LOCK_KINDS = ("vendor", "contractor", "issuer", "project")
-_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$")
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}\Z")
+_DURATION = re.compile(r"^(\d+)([smhd])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

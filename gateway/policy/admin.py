@@ -20,7 +20,7 @@ from gateway.policy import store
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import PolicyFileError, Rule, format_instant, parse_csv, validate_rule
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,200}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,200}\Z")
 
 
 class PolicyValidationError(ValueError):

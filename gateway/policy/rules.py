@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 # Subjects, projects, roles and actions are identifiers; tasks may end in a '*' pattern.
-_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$")
-_TASK = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._:@+-]{0,253}\*?)$")
+# \Z, not $: "$" would also accept a trailing newline.
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}\Z")
+_TASK = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._:@+-]{0,253}\*?)\Z")
 OPEN = ".."
 
 
@@ -32,7 +33,12 @@ def parse_instant(text: str, where: str = "time") -> float:
         raise PolicyFileError(f"{where}: {text!r} is not an ISO 8601 time") from None
     if value.tzinfo is None:
         raise PolicyFileError(f"{where}: {text!r} needs a UTC offset, e.g. 2026-12-01T00:00:00Z")
-    return value.timestamp()
+    try:
+        epoch = value.timestamp()
+        datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise PolicyFileError(f"{where}: {text!r} is out of range") from None
+    return epoch
 
 
 def format_instant(epoch: float) -> str:

@@ -205,9 +205,12 @@ _VERSION_COLUMNS = (
 
 def _version_info(row: Any) -> VersionInfo:
     diff = orjson.loads(row.diff or "{}")
+    created_at = row.created_at
+    if created_at.tzinfo is None:  # SQLite hands back naive UTC
+        created_at = created_at.replace(tzinfo=UTC)
     return VersionInfo(
         id=row.id,
-        created_at=row.created_at,
+        created_at=created_at,
         actor=row.actor,
         reason=row.reason,
         summary=row.summary,

@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 # Characters a path may carry verbatim (RFC 3986 pchar without '%' and ';').
-_ALLOWED = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$")
+_ALLOWED = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*\Z")
 # Bytes that must never arrive percent-encoded: separators, dots, escapes, controls.
 _FORBIDDEN_ENCODED = frozenset(b"/\\.;%?#") | frozenset(range(0x20)) | {0x7F}
 MAX_PATH_LENGTH = 2048
