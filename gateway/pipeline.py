@@ -151,6 +151,7 @@ class Pipeline:
                 return self._run(ctx, request)
             except Denial as denial:
                 self.audit.write([ctx.row(decision="deny", reason=denial.reason)])
+                _discard_unread_body(request)
                 return json_error(
                     denial.status, denial.error, denial.message, ctx.request_id, denial.headers
                 )
@@ -221,8 +222,7 @@ class Pipeline:
             # The description may quote token content; keep the quoted-string well formed.
             description = _QUOTED_STRING_UNSAFE.sub("?", error.description)
             challenge = (
-                f'Bearer realm="gateway", error="{error.error}", '
-                f'error_description="{description}"'
+                f'Bearer realm="gateway", error="{error.error}", error_description="{description}"'
             )
             headers = {"WWW-Authenticate": challenge} if error.status == 401 else {}
             raise Denial(error.status, error.error, error.description, headers=headers) from None
@@ -470,14 +470,40 @@ class Pipeline:
         finally:
             self.streams.remove(stream)
             response.release_conn()
-            if stream.cut_off:
-                log.info("download %s cut off by a lock", ctx.request_id)
-                with contextlib.suppress(AuditUnavailable):
-                    self.audit.write([ctx.row(decision="deny", reason="stream_cut:locked")])
+        if stream.cut_off:
+            with contextlib.suppress(AuditUnavailable):
+                self.audit.write([ctx.row(decision="deny", reason="stream_cut:locked")])
+            # Ending the body normally would make a truncated download look complete;
+            # raising makes the server drop the connection without the final chunk.
+            raise DownloadCutOff(f"download {ctx.request_id} cut off by a lock")
+
+
+class DownloadCutOff(Exception):
+    """A running download whose principal was locked; the connection is dropped."""
 
 
 class _TooLarge(Exception):
     pass
+
+
+def _discard_unread_body(request: Request) -> None:
+    """Read (bounded) what a refused client sent, so its keep-alive connection survives.
+
+    gunicorn drains at most 64 KiB of an unread body and otherwise closes the connection
+    without telling the client, whose next request on it then fails.
+    """
+    length = request.content_length
+    if request.method in ("GET", "HEAD") and not length:
+        return
+    if length is not None and length > MAX_REQUEST_BODY:
+        return
+    with contextlib.suppress(Exception):
+        remaining = MAX_REQUEST_BODY
+        while remaining > 0:
+            chunk = request.stream.read(min(STREAM_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
 
 
 def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:

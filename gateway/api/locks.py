@@ -1,7 +1,292 @@
-"""Kill-switch API under /_gateway/admin/locks: thin views over gateway.lockout."""
+"""Kill-switch API under /_gateway/admin/locks: thin views over gateway.lockout.
+
+    POST /_gateway/admin/locks                 lock a vendor, contractor, issuer or project
+    GET  /_gateway/admin/locks?all=false       the locks in force (all=true: lifted, expired too)
+    GET  /_gateway/admin/locks/<id>            one lock, with its exposure snapshot
+    POST /_gateway/admin/locks/<id>/lift       lift it, with a reason
+
+Admins only. The store records every lock and lift in admin_events and pushes it to every
+gateway worker. Bad input is a 400 `invalid_request` whose `fields` name what is wrong; an
+unknown lock is a 404, lifting a lifted lock a 409, an unreachable database a 503.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import logging
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from gateway.api.auth import ADMIN, actor, error_response, require_role
+from gateway.config import Config
+from gateway.lockout import LOCK_KINDS, LockError, create_lock, lift_lock, list_locks
+from gateway.lockout.store import get_lock, parse_duration
+
+log = logging.getLogger(__name__)
 
 locks_blueprint = Blueprint("locks", __name__, url_prefix="/_gateway/admin/locks")
+
+MAX_BODY_BYTES = 64 * 1024
+# How much of an unread (refused) body is read and dropped so the connection stays usable.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+MAX_REASON_CHARS = 4000
+# A lock meant to outlast this is one to lift by hand; longer TTLs overflow datetimes anyway.
+MAX_TTL = timedelta(days=3650)
+# Lock ids are a 32-bit column; a larger id names no lock (and must not reach the database).
+MAX_LOCK_ID = 2**31 - 1
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no", "")
+
+
+class InvalidRequest(Exception):
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = fields
+
+
+@locks_blueprint.errorhandler(InvalidRequest)
+def _invalid(error: InvalidRequest) -> Any:
+    return _bad_request(error.fields)
+
+
+@locks_blueprint.errorhandler(LockError)
+def _refused(error: LockError) -> Any:
+    if error.status == 404:
+        return error_response(404, "not_found", error.message)
+    if error.status == 409:
+        return error_response(409, "already_lifted", error.message)
+    return _bad_request({error.field: error.message})
+
+
+@locks_blueprint.errorhandler(SQLAlchemyError)
+def _database(error: SQLAlchemyError) -> Any:
+    log.error("lock store unavailable: %s", error)
+    return error_response(503, "database_unavailable", "the lock store cannot be reached")
+
+
+@locks_blueprint.after_request
+def _drain_body(response: Response) -> Response:
+    """Read and drop what is left of the request body (up to a bound), whatever the answer.
+
+    A refusal (401, 403, 413, a bad content type) is sent without reading the body; gunicorn
+    drains only 64 KiB of an unread body before it closes the kept-alive connection without
+    saying so, and the client's next request on it fails. (Same fix as gateway.api.admin.)
+    """
+    remaining = DRAIN_MAX_BYTES
+    try:
+        while remaining > 0:
+            chunk = request.stream.read(min(64 * 1024, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except Exception:  # a client that went away; the answer stands
+        log.debug("request body not drained", exc_info=True)
+    return response
+
+
+def _bad_request(fields: dict[str, str]) -> Any:
+    summary = "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
+    return error_response(400, "invalid_request", summary[:2000], fields=fields)
+
+
+# --- input --------------------------------------------------------------------------------
+
+
+def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object with only `allowed` keys, or InvalidRequest."""
+    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
+        raise InvalidRequest({"body": "must be JSON, sent as Content-Type: application/json"})
+    too_large = RequestEntityTooLarge(f"the request body is limited to {MAX_BODY_BYTES} bytes")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    raw = request.stream.read(MAX_BODY_BYTES + 1)  # a chunked body has no length to check first
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_large
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest({"body": f"is not valid JSON ({error.msg})"}) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest({"body": "must be a JSON object"})
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise InvalidRequest({name[:100]: "unknown field" for name in unknown[:20]})
+    return data
+
+
+def _reason(data: dict[str, Any], fields: dict[str, str]) -> str | None:
+    reason = data.get("reason")
+    if reason is None:
+        fields["reason"] = "is required: say why"
+    elif not isinstance(reason, str) or not reason.strip():
+        fields["reason"] = "must be a non-empty string"
+    elif len(reason) > MAX_REASON_CHARS:
+        fields["reason"] = f"must be at most {MAX_REASON_CHARS} characters"
+    else:
+        return reason
+    return None
+
+
+def parse_ttl(value: str) -> timedelta:
+    """`30m`, `24h`, `7d` → a timedelta, bounded; LockError('ttl', ...) otherwise."""
+    try:
+        ttl = parse_duration(value)
+    except OverflowError:
+        ttl = MAX_TTL + timedelta(days=1)
+    if ttl > MAX_TTL:
+        raise LockError("ttl", "must be at most 3650d; leave it out for a lock until lifted")
+    return ttl
+
+
+def check_target(config: Config, kind: str, target: str) -> str | None:
+    """Why `target` cannot be a `kind` lock under this configuration, or None.
+
+    A lock that can never match (a vendor no issuer can vouch for, an issuer name that is
+    not configured, a contractor of such an issuer, a project outside the configured list)
+    would look like protection while protecting nothing, so it is refused, not stored.
+    """
+    issuers = sorted(issuer.name for issuer in config.issuers)
+    if kind == "vendor" and all(issuer.vendor_claim is None for issuer in config.issuers):
+        # Every issuer binds its tokens to one vendor: no other vendor can ever appear.
+        vendors = sorted({issuer.vendor for issuer in config.issuers if issuer.vendor})
+        if target not in vendors:
+            return f"no configured issuer binds vendor {target!r} (vendors: {', '.join(vendors)})"
+    if kind == "issuer" and target not in issuers:
+        return f"{target!r} is not a configured issuer name (issuers: {', '.join(issuers)})"
+    if kind == "contractor":
+        issuer, sep, subject = target.partition(":")
+        if not sep or not subject or issuer not in issuers:
+            return (
+                f"{target!r} must be <issuer name>:<sub>, e.g. acme-idp:alice "
+                f"(issuers: {', '.join(issuers)})"
+            )
+    projects = sorted(project.name for project in config.projects)
+    if kind == "project" and projects and target not in projects:
+        return f"unknown project {target!r} (projects: {', '.join(projects)})"
+    return None
+
+
+def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None]:
+    data = _body(("kind", "target", "reason", "ttl"))
+    fields: dict[str, str] = {}
+    kind = data.get("kind")
+    if kind is None:
+        fields["kind"] = f"is required: one of {', '.join(LOCK_KINDS)}"
+    elif kind not in LOCK_KINDS:
+        fields["kind"] = f"must be one of {', '.join(LOCK_KINDS)}"
+    target = data.get("target")
+    if target is None:
+        fields["target"] = "is required"
+    elif not isinstance(target, str) or not target:
+        fields["target"] = "must be a non-empty string"
+    elif kind in LOCK_KINDS:
+        problem = check_target(config, kind, target)
+        if problem:
+            fields["target"] = problem
+    reason = _reason(data, fields)
+    ttl = None
+    raw_ttl = data.get("ttl")
+    if raw_ttl is not None:
+        if not isinstance(raw_ttl, str):
+            fields["ttl"] = "must be a duration like 30m, 24h or 7d, or null"
+        else:
+            try:
+                ttl = parse_ttl(raw_ttl)
+            except LockError as error:
+                fields["ttl"] = error.message
+    if fields:
+        raise InvalidRequest(fields)
+    assert isinstance(kind, str) and isinstance(target, str) and reason is not None
+    return kind, target, reason, ttl
+
+
+def _flag(name: str) -> bool:
+    unknown = sorted(set(request.args) - {name})
+    if unknown:
+        raise InvalidRequest({key[:100]: "unknown query parameter" for key in unknown[:20]})
+    values = request.args.getlist(name)
+    if not values:
+        return False
+    if len(values) > 1:
+        raise InvalidRequest({name: "give it once"})
+    value = values[0].strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise InvalidRequest({name: "must be true or false"})
+    return value in _TRUE
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def lock_state(lock: dict[str, Any]) -> str:
+    if lock["lifted_at"] is not None:
+        return "lifted"
+    return "active" if lock["active"] else "expired"
+
+
+def lock_json(lock: dict[str, Any]) -> dict[str, Any]:
+    return {**lock, "state": lock_state(lock)}
+
+
+def _config() -> Config:
+    return current_app.extensions["gateway"].config
+
+
+def _db() -> Any:
+    return current_app.extensions["gateway"].db
+
+
+# --- views --------------------------------------------------------------------------------
+
+
+@locks_blueprint.post("")
+@require_role(ADMIN)
+def create() -> Any:
+    config = _config()
+    kind, target, reason, ttl = _lock_request(config)
+    lock = create_lock(
+        _db(),
+        kind=kind,
+        target=target,
+        reason=reason,
+        actor=actor(),
+        ttl=ttl,
+        exposure_days=config.lockout.exposure_days,
+    )
+    response = jsonify(lock_json(lock))
+    response.headers["Location"] = url_for("locks.show", lock_id=lock["id"])
+    return response, 201
+
+
+@locks_blueprint.get("")
+@require_role(ADMIN)
+def index() -> Any:
+    include_inactive = _flag("all")
+    locks = list_locks(_db(), include_inactive=include_inactive)
+    return jsonify(locks=[lock_json(lock) for lock in locks])
+
+
+@locks_blueprint.get("/<int:lock_id>")
+@require_role(ADMIN)
+def show(lock_id: int) -> Any:
+    if lock_id > MAX_LOCK_ID:
+        return error_response(404, "not_found", f"no lock {lock_id}")
+    return jsonify(lock_json(get_lock(_db(), lock_id)))
+
+
+@locks_blueprint.post("/<int:lock_id>/lift")
+@require_role(ADMIN)
+def lift(lock_id: int) -> Any:
+    data = _body(("reason",))
+    fields: dict[str, str] = {}
+    reason = _reason(data, fields)
+    if fields:
+        raise InvalidRequest(fields)
+    assert reason is not None
+    if lock_id > MAX_LOCK_ID:
+        return error_response(404, "not_found", f"no lock {lock_id}")
+    return jsonify(lock_json(lift_lock(_db(), lock_id, actor=actor(), reason=reason)))

@@ -1,9 +1,342 @@
-"""`gateway lock ...`, `gateway unlock`, `gateway locks`: the kill switch from a shell."""
+"""`gateway lock ...`, `gateway unlock`, `gateway locks`: the kill switch from a shell.
+
+Thin commands over `gateway.lockout` (the HTTP API in `gateway.api.locks` is the other
+such layer). The store records every lock and lift in admin_events and pushes it to every
+gateway worker. Bad input ends in one `Error: ...` line and exit status 1, never a
+traceback — including the input click would otherwise answer with a usage screen.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
 import click
+
+from gateway.cli import _load, config_option
+from gateway.cli.policy import friendly_errors, print_json, print_table
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from gateway.config import Config
+
+KINDS = ("vendor", "contractor", "issuer", "project")
+# Longer TTLs overflow datetimes; a lock meant to last that long is lifted by hand.
+MAX_TTL = timedelta(days=3650)
+MAX_LOCK_ID = 2**31 - 1
+# How the store's field names read on the command line.
+_OPTION = {"kind": "KIND", "target": "TARGET", "reason": "--reason", "ttl": "--ttl"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 def register_lock_commands(main: click.Group) -> None:
     """Add the lock commands to the top-level `gateway` group."""
+    main.add_command(lock_command)
+    main.add_command(unlock_command)
+    main.add_command(locks_command)
+
+
+# --- plumbing -----------------------------------------------------------------------------
+
+
+@contextmanager
+def lock_store(config_path: str | None) -> Iterator[tuple[Config, Engine]]:
+    from gateway.db.session import make_engine
+
+    config = _load(config_path)
+    engine = make_engine(config.database_url, pool_size=1)
+    try:
+        yield config, engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """A LockError from the store becomes one `Error:` line naming the option."""
+    from gateway.lockout import LockError
+
+    try:
+        yield
+    except LockError as error:
+        if error.status != 400:
+            raise click.ClickException(error.message) from None
+        raise click.ClickException(
+            f"{_OPTION.get(error.field, error.field)}: {error.message}"
+        ) from None
+
+
+def fail(message: str) -> click.ClickException:
+    return click.ClickException(message)
+
+
+def check_target(config: Config, kind: str, target: str) -> str | None:
+    """Why `target` cannot be a `kind` lock here (a lock that could never match), or None.
+
+    Same rule as the HTTP API (gateway.api.locks.check_target).
+    """
+    issuers = sorted(issuer.name for issuer in config.issuers)
+    if kind == "vendor" and all(issuer.vendor_claim is None for issuer in config.issuers):
+        # Every issuer binds its tokens to one vendor: no other vendor can ever appear.
+        vendors = sorted({issuer.vendor for issuer in config.issuers if issuer.vendor})
+        if target not in vendors:
+            return f"no configured issuer binds vendor {target!r} (vendors: {', '.join(vendors)})"
+    if kind == "issuer" and target not in issuers:
+        return f"{target!r} is not a configured issuer name (issuers: {', '.join(issuers)})"
+    if kind == "contractor":
+        issuer, sep, subject = target.partition(":")
+        if not sep or not subject or issuer not in issuers:
+            return (
+                f"{target!r} must be <issuer name>:<sub>, e.g. acme-idp:alice "
+                f"(issuers: {', '.join(issuers)})"
+            )
+    projects = sorted(project.name for project in config.projects)
+    if kind == "project" and projects and target not in projects:
+        return f"unknown project {target!r} (projects: {', '.join(projects)})"
+    return None
+
+
+def parse_ttl(value: str) -> timedelta:
+    from gateway.lockout import LockError
+    from gateway.lockout.store import parse_duration
+
+    try:
+        ttl = parse_duration(value)
+    except OverflowError:
+        ttl = MAX_TTL + timedelta(days=1)
+    if ttl > MAX_TTL:
+        raise LockError("ttl", "must be at most 3650d; leave it out for a lock until lifted")
+    return ttl
+
+
+def parse_lock_id(value: str | None) -> int:
+    if value is None:
+        raise fail("LOCK_ID is required (see `gateway locks`)")
+    text = value.strip()
+    if not text.isdigit() or not text.isascii():
+        raise fail(f"LOCK_ID: {value!r} is not a lock id (a number, see `gateway locks`)")
+    lock_id = int(text)
+    if lock_id == 0 or lock_id > MAX_LOCK_ID:
+        raise fail(f"no lock {lock_id}")
+    return lock_id
+
+
+def lock_state(lock: dict[str, Any]) -> str:
+    if lock["lifted_at"] is not None:
+        return "lifted"
+    return "active" if lock["active"] else "expired"
+
+
+def show_time(value: str | None, default: str = "-") -> str:
+    if value is None:
+        return default
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def clean(text: str | None) -> str:
+    """One line, no terminal control characters (reasons come from any admin)."""
+    return _CONTROL.sub(" ", text or "").strip()
+
+
+def lock_row(lock: dict[str, Any]) -> dict[str, Any]:
+    return {**lock, "state": lock_state(lock)}
+
+
+def describe(lock: dict[str, Any]) -> str:
+    return f"{lock['kind']} {clean(lock['target'])}"
+
+
+def print_exposure(lock: dict[str, Any]) -> None:
+    exposure = lock.get("exposure")
+    if exposure is None:
+        click.echo("exposure: no snapshot for a project lock (see the audit log for the project)")
+        return
+    projects = exposure.get("projects", [])
+    click.echo(
+        f"exposure of {describe(lock)} in the last {exposure['window_days']} days: "
+        f"{exposure['distinct_records']} distinct records in {len(projects)} projects, "
+        f"{exposure['contractors']} contractors"
+    )
+    if not projects:
+        return
+    print_table(
+        ["PROJECT", "DISTINCT RECORDS", "CONTRACTORS", "FIRST ACCESS", "LAST ACCESS"],
+        [
+            [
+                clean(str(entry["project"])),
+                str(entry["distinct_records"]),
+                str(entry["contractors"]),
+                show_time(entry["first_access"]),
+                show_time(entry["last_access"]),
+            ]
+            for entry in projects
+        ],
+    )
+
+
+def _unbound_vendor(config: Config, vendor: str) -> bool:
+    """No issuer binds this vendor (it can only come from a vendor claim)."""
+    return all(issuer.vendor != vendor for issuer in config.issuers)
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+actor_option = click.option(
+    "--actor",
+    default=lambda: os.environ.get("USER", "cli"),
+    show_default="$USER",
+    help="who acts (recorded with the lock)",
+)
+
+
+@click.command("lock", short_help="Cut off a vendor, contractor, issuer or project now.")
+@config_option
+@click.argument("kind", required=False, metavar="KIND")
+@click.argument("target", required=False, metavar="TARGET")
+@click.option("--reason", help="why (required; shown to admins, never to the contractor)")
+@click.option("--ttl", metavar="DURATION", help="lift on its own after 30m, 24h, 7d, ...")
+@actor_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors(db_prefix="could not store the lock: ")
+def lock_command(
+    config_path: str | None,
+    kind: str | None,
+    target: str | None,
+    reason: str | None,
+    ttl: str | None,
+    actor: str,
+    as_json: bool,
+) -> None:
+    """Lock KIND TARGET on every gateway worker within a second.
+
+    \b
+    KIND is one of:
+      vendor NAME             every contractor of the vendor, e.g. acme
+      contractor ISSUER:SUB   one contractor, e.g. acme-idp:alice
+      issuer NAME             every token of a configured issuer, e.g. acme-idp
+      project NAME            all contractor traffic to one project
+
+    Running downloads of the locked principals are cut off. Prints the lock id and, for
+    all but project locks, what the locked principals received recently (exposure).
+    """
+    from gateway.lockout import create_lock
+
+    if kind is None:
+        raise fail(f"KIND is required: one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise fail(f"KIND: unknown lock kind {kind!r}; use one of {', '.join(KINDS)}")
+    if target is None or not target.strip():
+        raise fail(f"TARGET is required: the {kind} to lock")
+    if reason is None or not reason.strip():
+        raise fail('--reason is required: say why, e.g. --reason "vendor breach, ticket 4711"')
+    with refusals():
+        duration = parse_ttl(ttl) if ttl is not None else None
+        with lock_store(config_path) as (config, engine):
+            problem = check_target(config, kind, target)
+            if problem:
+                raise fail(f"TARGET: {problem}")
+            lock = create_lock(
+                engine,
+                kind=kind,
+                target=target,
+                reason=reason,
+                actor=actor,
+                ttl=duration,
+                exposure_days=config.lockout.exposure_days,
+            )
+    if as_json:
+        print_json(lock_row(lock))
+        return
+    until = show_time(lock["expires_at"], "lifted")
+    click.echo(
+        f"lock {lock['id']}: {describe(lock)} locked (in force until {until}); "
+        f"every gateway worker enforces it within a second"
+    )
+    print_exposure(lock)
+    exposure = lock.get("exposure") or {}
+    if (
+        kind == "vendor"
+        and not exposure.get("distinct_records")
+        and _unbound_vendor(config, target)
+    ):
+        click.echo(
+            f"warning: no configured issuer binds vendor {target!r} and it has received "
+            "no records; check the name",
+            err=True,
+        )
+    click.echo(f'lift it with: gateway unlock {lock["id"]} --reason "..."')
+
+
+@click.command("unlock", short_help="Lift a lock, with a reason.")
+@config_option
+@click.argument("lock_id", required=False, metavar="LOCK_ID")
+@click.option("--reason", help="why it is lifted (required)")
+@actor_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors(db_prefix="could not lift the lock: ")
+def unlock_command(
+    config_path: str | None, lock_id: str | None, reason: str | None, actor: str, as_json: bool
+) -> None:
+    """Lift lock LOCK_ID (see `gateway locks`); access returns within a second."""
+    from gateway.lockout import lift_lock, list_locks
+
+    number = parse_lock_id(lock_id)
+    if reason is None or not reason.strip():
+        raise fail("--reason is required: say why the lock is lifted")
+    with refusals(), lock_store(config_path) as (_config, engine):
+        lock = lift_lock(engine, number, actor=actor, reason=reason)
+        others = [
+            other
+            for other in list_locks(engine)
+            if (other["kind"], other["target"]) == (lock["kind"], lock["target"])
+        ]
+    if as_json:
+        print_json(lock_row(lock))
+        return
+    click.echo(f"lock {number} lifted: {describe(lock)}")
+    for other in others:
+        click.echo(f"note: lock {other['id']} on {describe(other)} is still in force", err=True)
+
+
+@click.command("locks", short_help="List the locks in force (--all: lifted, expired too).")
+@config_option
+@click.option("--all", "include_all", is_flag=True, help="also lifted and expired locks")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors(db_prefix="could not read the locks: ")
+def locks_command(config_path: str | None, include_all: bool, as_json: bool) -> None:
+    """The locks in force, newest first (with --all, the whole history)."""
+    from gateway.lockout import list_locks
+
+    with lock_store(config_path) as (_config, engine):
+        locks = list_locks(engine, include_inactive=include_all)
+    if as_json:
+        print_json({"locks": [lock_row(lock) for lock in locks]})
+        return
+    if not locks:
+        click.echo("no locks" if include_all else "no locks in force")
+        return
+    print_table(
+        ["ID", "KIND", "TARGET", "REASON", "ACTOR", "CREATED", "EXPIRES", "STATE"],
+        [
+            [
+                str(lock["id"]),
+                lock["kind"],
+                clean(lock["target"]),
+                clean(lock["reason"]),
+                clean(lock["actor"]),
+                show_time(lock["created_at"]),
+                show_time(lock["expires_at"], "never"),
+                lock_state(lock),
+            ]
+            for lock in locks
+        ],
+    )

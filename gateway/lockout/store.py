@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,11 +14,14 @@ from sqlalchemy.orm import Session
 from gateway.db.models import AccessEvent, Lock
 from gateway.policy.store import record_admin_event
 
+log = logging.getLogger(__name__)
+
 NOTIFY_CHANNEL = "gateway_locks"
 LOCK_KINDS = ("vendor", "contractor", "issuer", "project")
 _TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}\Z")
 _DURATION = re.compile(r"^(\d+)([smhd])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TTL_SECONDS = 3650 * 86400
 
 
 class LockError(ValueError):
@@ -35,7 +39,10 @@ def parse_duration(value: str) -> timedelta:
     match = _DURATION.match(value.strip())
     if not match or int(match.group(1)) == 0:
         raise LockError("ttl", f"{value!r} is not a duration like 30m, 24h or 7d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_TTL_SECONDS:
+        raise LockError("ttl", "a lock lasts at most 3650d; leave the TTL out for no expiry")
+    return timedelta(seconds=seconds)
 
 
 def _notify(connection: Any) -> None:
@@ -121,6 +128,10 @@ def create_lock(
         raise LockError("target", "a contractor is named <issuer>:<sub>, e.g. acme-idp:alice")
     if not isinstance(reason, str) or not reason.strip():
         raise LockError("reason", "a reason is required")
+    if kind == "contractor" and not target.partition(":")[2]:
+        raise LockError("target", "a contractor is named <issuer>:<sub>, e.g. acme-idp:alice")
+    if ttl is not None and ttl.total_seconds() > MAX_TTL_SECONDS:
+        raise LockError("ttl", "a lock lasts at most 3650d; leave the TTL out for no expiry")
     now = datetime.now(UTC)
     with db.begin() as connection:
         lock_id = connection.execute(
@@ -145,14 +156,18 @@ def create_lock(
         )
         _notify(connection)
     # The lock is in force first; the blast radius is computed after, off the critical path.
-    exposure = exposure_summary(db, kind, target, exposure_days) if kind != "project" else None
-    if exposure is not None:
-        with db.begin() as connection:
-            connection.execute(
-                update(Lock)
-                .where(Lock.id == lock_id)
-                .values(exposure=orjson.dumps(exposure).decode())
-            )
+    # Failing to compute it must not make the caller think the lock failed (and retry).
+    try:
+        if kind != "project":
+            exposure = exposure_summary(db, kind, target, exposure_days)
+            with db.begin() as connection:
+                connection.execute(
+                    update(Lock)
+                    .where(Lock.id == lock_id)
+                    .values(exposure=orjson.dumps(exposure).decode())
+                )
+    except Exception as error:  # the lock itself is committed and in force
+        log.error("exposure snapshot for lock %s failed: %s", lock_id, error)
     return get_lock(db, lock_id)
 
 
@@ -166,11 +181,13 @@ def lift_lock(db: Engine, lock_id: int, *, actor: str, reason: str) -> dict[str,
             raise LockError("lock_id", f"no lock {lock_id}", status=404)
         if row.lifted_at is not None:
             raise LockError("lock_id", f"lock {lock_id} was already lifted", status=409)
-        connection.execute(
+        lifted = connection.execute(
             update(Lock)
-            .where(Lock.id == lock_id)
+            .where(Lock.id == lock_id, Lock.lifted_at.is_(None))
             .values(lifted_at=now, lifted_by=actor, lift_reason=reason.strip())
         )
+        if lifted.rowcount != 1:  # lifted concurrently by someone else
+            raise LockError("lock_id", f"lock {lock_id} was already lifted", status=409)
         record_admin_event(
             connection,
             actor=actor,
