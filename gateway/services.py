@@ -41,13 +41,15 @@ def build_services(config: Config) -> Services:
         poll_interval=config.policy.poll_interval_seconds,
         cache_size=config.policy.decision_cache_size,
     )
+    keys = GatewayKeys(
+        db, ttl_seconds=config.gateway.assertion_ttl_seconds, audience=config.upstream.url
+    )
     audit = AuditWriter(
         db,
         batch_max_rows=config.audit.batch_max_rows,
         commit_timeout=config.audit.commit_timeout_seconds,
-    )
-    keys = GatewayKeys(
-        db, ttl_seconds=config.gateway.assertion_ttl_seconds, audience=config.upstream.url
+        sign=keys.sign_detached,
+        checkpoint_interval=config.audit.checkpoint_interval_seconds,
     )
     locks = LockState(
         db,

@@ -39,6 +39,18 @@ def db(gateway: Gateway):
     engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _no_active_locks(db) -> None:
+    """Start without locks, whatever other modules left behind."""
+    from gateway.lockout import list_locks
+
+    leftovers = list_locks(db)
+    for lock in leftovers:
+        lift_lock(db, lock["id"], actor="test", reason="clean start")
+    if leftovers:
+        time.sleep(LOCK_BOUND)
+
+
 def _lift_all(db, target: str) -> None:
     from gateway.lockout import list_locks
 

@@ -13,8 +13,8 @@ import requests
 
 from gateway.config import load_config
 from gateway.db.session import make_engine
-from gateway.policy.admin import PolicyAdmin
-from tests.conftest import UPSTREAM_TOKEN, Gateway, launch_gateway
+from gateway.policy.admin import PolicyAdmin, PolicyValidationError
+from tests.conftest import TEST_POLICY, UPSTREAM_TOKEN, Gateway, launch_gateway
 
 PROPAGATION_BOUND = 2.0
 GRANT = "p, acme-idp:alice, proj-3, *, read, allow"
@@ -36,6 +36,16 @@ def admin(gateway: Gateway) -> PolicyAdmin:
     os.environ.setdefault("UPSTREAM_TOKEN", UPSTREAM_TOKEN)
     config = load_config(gateway.config_path)
     return PolicyAdmin(make_engine(config.database_url), config)
+
+
+@pytest.fixture(autouse=True)
+def _baseline_policy(admin: PolicyAdmin) -> None:
+    """Start from the test policy, whatever other modules left behind."""
+    try:
+        admin.apply(actor="test", reason="baseline", text=TEST_POLICY)
+    except PolicyValidationError:  # already the baseline
+        return
+    time.sleep(PROPAGATION_BOUND)
 
 
 def _status(gw: Gateway, path: str) -> int:

@@ -4,20 +4,30 @@ Each request hands its rows to the writer thread and waits. The thread takes eve
 queued at that moment, commits it in one transaction and wakes all the waiters at once, so
 under load one fsync pays for many requests. A request whose rows did not commit gets an
 error and releases nothing.
+
+The same thread seals its chain: every `checkpoint_interval` seconds (and once more when the
+process exits) it signs a checkpoint of its chain head, also when nothing was written since
+the last one (gateway/audit/seal.py). It owns the sequence, so a seal never races a commit.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import logging
 import queue
 import threading
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine
 
-from gateway.audit.chain import GENESIS, HASHED_FIELDS, ROW_FIELDS, canonical_time, hash_values
+from gateway.audit.chain import GENESIS, HASHED_FIELDS, ROW_FIELDS, canonical_time
+from gateway.audit.seal import SEAL, Checkpoint, Signer, make_checkpoint, store_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,8 @@ _INTEGER_COLUMNS = {
 _COPY_TYPES = [
     "timestamptz" if name == "time" else _INTEGER_COLUMNS.get(name, "text") for name in COLUMNS
 ]
+# One C-level call picks a row's ROW_FIELDS values (the chain code hashes these + 3 more).
+_ROW_VALUES = itemgetter(*ROW_FIELDS)
 _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT_SQL = f"INSERT INTO access_log ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 
@@ -69,12 +81,22 @@ class _Pending:
     rows: list[dict[str, Any]]
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
+    seal: bool = False  # a request to seal the chain head now (no rows)
+    stop: bool = False  # ... and then end the writer thread
+    sealed: Checkpoint | None = None
 
 
 class AuditWriter:
     def __init__(
-        self, engine: Engine, *, batch_max_rows: int = 5000, commit_timeout: float = 10.0
+        self,
+        engine: Engine,
+        *,
+        batch_max_rows: int = 5000,
+        commit_timeout: float = 10.0,
+        sign: Signer | None = None,
+        checkpoint_interval: float = 10.0,
     ) -> None:
+        """`sign` (GatewayKeys.sign_detached) turns sealing on, every `checkpoint_interval` s."""
         self._db = engine
         self._batch_max = batch_max_rows
         self._timeout = commit_timeout
@@ -85,6 +107,11 @@ class AuditWriter:
         self.healthy = True
         self.last_error: str | None = None
         self.commits = 0
+        self._sign = sign
+        self._interval = checkpoint_interval
+        self._next_seal = time.monotonic() + checkpoint_interval
+        self.last_checkpoint: Checkpoint | None = None
+        self.seal_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._started = False
         self._start_lock = threading.Lock()
@@ -94,6 +121,38 @@ class AuditWriter:
             if not self._started:
                 self._started = True
                 self._thread.start()
+                if self._sign is not None:
+                    # A clean shutdown leaves the chain sealed up to its last row.
+                    atexit.register(self._seal_at_exit)
+
+    def seal(self, timeout: float | None = None) -> Checkpoint | None:
+        """Seal the chain head now (through the writer thread); the checkpoint, or None if
+        sealing is off, the chain is still empty or the seal could not be stored."""
+        if self._sign is None:
+            return None
+        self.start()
+        pending = _Pending([], seal=True)
+        self._queue.put(pending)
+        if not pending.done.wait(self._timeout if timeout is None else timeout):
+            return None
+        return pending.sealed
+
+    def close(self, *, seal: bool = True, timeout: float = 2.0) -> None:
+        """Seal the chain head one last time (unless `seal` is False) and end the thread."""
+        atexit.unregister(self._seal_at_exit)
+        with self._start_lock:
+            if not self._started or not self._thread.is_alive():
+                return
+        pending = _Pending([], seal=seal and self._sign is not None, stop=True)
+        self._queue.put(pending)
+        pending.done.wait(timeout)
+        self._thread.join(timeout)
+
+    def _seal_at_exit(self) -> None:
+        try:
+            self.seal(timeout=2.0)
+        except Exception:  # never let an exit hook raise
+            log.exception("final audit seal failed")
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Block until `rows` are durably committed; raise AuditUnavailable otherwise."""
@@ -108,39 +167,81 @@ class AuditWriter:
             raise AuditUnavailable(pending.error)
 
     def _run(self) -> None:
+        sealing = self._sign is not None
         while True:
-            batch = [self._queue.get()]
-            count = len(batch[0].rows)
-            while count < self._batch_max:
+            try:
+                first = self._queue.get(timeout=self._seal_wait() if sealing else None)
+            except queue.Empty:  # idle: the seal below proves that nothing was added
+                self._seal_if_due()
+                continue
+            control = first.seal or first.stop
+            batch, seals = ([], [first]) if control else ([first], [])
+            count = len(first.rows)
+            while count < self._batch_max and not seals:
                 try:
                     pending = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if pending.seal or pending.stop:
+                    seals.append(pending)
+                    break
                 batch.append(pending)
                 count += len(pending.rows)
-            try:
-                self._commit(batch)
-            except Exception as error:  # nothing of this batch is durable; the thread lives on
-                self._fail(batch, error)
+            if batch:
+                try:
+                    self._commit(batch)
+                except Exception as error:  # nothing of this batch is durable; the thread lives on
+                    self._fail(batch, error)
+            sealed = self._seal_if_due(force=any(p.seal for p in seals)) if sealing else None
+            for pending in seals:
+                pending.sealed = sealed
+                pending.done.set()
+                if pending.stop:
+                    return
+
+    def _seal_wait(self) -> float:
+        return max(0.0, self._next_seal - time.monotonic())
+
+    def _seal_if_due(self, *, force: bool = False) -> Checkpoint | None:
+        """Sign and store a checkpoint of the chain head if one is due (or `force`)."""
+        now = time.monotonic()
+        if self._sign is None or (not force and now < self._next_seal):
+            return None
+        self._next_seal = now + self._interval
+        if self._seq == 0:  # an empty chain has nothing to vouch for
+            return None
+        try:
+            checkpoint = make_checkpoint(
+                self._sign, kind=SEAL, chain_id=self.chain_id, seq=self._seq, head_hash=self._prev
+            )
+            with self._db.begin() as connection:
+                checkpoint_id = store_checkpoint(connection, checkpoint)
+        except Exception as error:  # rows are unaffected; the next interval tries again
+            self.seal_error = type(error).__name__
+            log.error("audit seal failed: %s", error)
+            return None
+        self.last_checkpoint = replace(checkpoint, id=checkpoint_id)
+        self.seal_error = None
+        return self.last_checkpoint
 
     def _commit(self, batch: list[_Pending]) -> None:
         seq, prev, chain_id = self._seq, self._prev, self.chain_id
         values = []
+        append = values.append
         time_texts: dict[Any, str] = {}
+        row_values, dumps, sha256 = _ROW_VALUES, orjson.dumps, hashlib.sha256
         for pending in batch:
             for row in pending.rows:
                 seq += 1
-                stamp = row["time"]
+                stored = row_values(row)
+                stamp = stored[0]
                 time_text = time_texts.get(stamp) or time_texts.setdefault(
                     stamp, canonical_time(stamp)
                 )
-                stored = [row[name] for name in ROW_FIELDS]
-                stored += (chain_id, seq, prev)
-                hashed = stored.copy()
-                hashed[0] = time_text
-                prev = hash_values(hashed)
-                stored.append(prev)
-                values.append(stored)
+                # chain.hash_values inlined: this loop runs once for every record released.
+                head = sha256(dumps([time_text, *stored[1:], chain_id, seq, prev])).hexdigest()
+                append((*stored, chain_id, seq, prev, head))
+                prev = head
         with self._db.begin() as connection:
             insert_rows(connection, values)
         self._seq, self._prev = seq, prev

@@ -108,7 +108,14 @@ class AccessEvent(Base):
 
     __table_args__ = (
         Index("ix_access_log_time", "time"),
-        Index("ix_access_log_vendor_time", "vendor", "time"),
+        # Covering on PostgreSQL (migration 0005): a vendor exposure report reads the index only.
+        Index(
+            "ix_access_log_vendor_time",
+            "vendor",
+            "time",
+            postgresql_include=["decision", "project", "task", "record_id", "issuer", "subject"],
+        ),
+        Index("ix_access_log_project_time", "project", "time"),
         Index("ix_access_log_subject_time", "subject", "time"),
         Index("ix_access_log_record", "record_id"),
         Index("ix_access_log_request", "request_id"),
@@ -135,3 +142,24 @@ class Lock(Base):
     exposure: Mapped[str] = mapped_column(Text, default="null")
 
     __table_args__ = (Index("ix_locks_active", "lifted_at", "kind", "target"),)
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of one hash chain's head: `seal` (the writer, every interval, also
+    when idle) or `prune` (the last row of a chain removed by `gateway audit prune`)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))
+    chain_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    kid: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_audit_checkpoints_chain_seq", "chain_id", "seq"),
+        Index("ix_audit_checkpoints_time", "time"),
+    )
