@@ -24,7 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from gateway.api.auth import ADMIN, actor, error_response, require_role
 from gateway.config import Config
 from gateway.lockout import LOCK_KINDS, LockError, create_lock, lift_lock, list_locks
-from gateway.lockout.store import get_lock, parse_duration
+from gateway.lockout.store import check_target, get_lock, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -140,34 +140,6 @@ def parse_ttl(value: str) -> timedelta:
     if ttl > MAX_TTL:
         raise LockError("ttl", "must be at most 3650d; leave it out for a lock until lifted")
     return ttl
-
-
-def check_target(config: Config, kind: str, target: str) -> str | None:
-    """Why `target` cannot be a `kind` lock under this configuration, or None.
-
-    A lock that can never match (a vendor no issuer can vouch for, an issuer name that is
-    not configured, a contractor of such an issuer, a project outside the configured list)
-    would look like protection while protecting nothing, so it is refused, not stored.
-    """
-    issuers = sorted(issuer.name for issuer in config.issuers)
-    if kind == "vendor" and all(issuer.vendor_claim is None for issuer in config.issuers):
-        # Every issuer binds its tokens to one vendor: no other vendor can ever appear.
-        vendors = sorted({issuer.vendor for issuer in config.issuers if issuer.vendor})
-        if target not in vendors:
-            return f"no configured issuer binds vendor {target!r} (vendors: {', '.join(vendors)})"
-    if kind == "issuer" and target not in issuers:
-        return f"{target!r} is not a configured issuer name (issuers: {', '.join(issuers)})"
-    if kind == "contractor":
-        issuer, sep, subject = target.partition(":")
-        if not sep or not subject or issuer not in issuers:
-            return (
-                f"{target!r} must be <issuer name>:<sub>, e.g. acme-idp:alice "
-                f"(issuers: {', '.join(issuers)})"
-            )
-    projects = sorted(project.name for project in config.projects)
-    if kind == "project" and projects and target not in projects:
-        return f"unknown project {target!r} (projects: {', '.join(projects)})"
-    return None
 
 
 def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None]:

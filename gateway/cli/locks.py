@@ -75,32 +75,6 @@ def fail(message: str) -> click.ClickException:
     return click.ClickException(message)
 
 
-def check_target(config: Config, kind: str, target: str) -> str | None:
-    """Why `target` cannot be a `kind` lock here (a lock that could never match), or None.
-
-    Same rule as the HTTP API (gateway.api.locks.check_target).
-    """
-    issuers = sorted(issuer.name for issuer in config.issuers)
-    if kind == "vendor" and all(issuer.vendor_claim is None for issuer in config.issuers):
-        # Every issuer binds its tokens to one vendor: no other vendor can ever appear.
-        vendors = sorted({issuer.vendor for issuer in config.issuers if issuer.vendor})
-        if target not in vendors:
-            return f"no configured issuer binds vendor {target!r} (vendors: {', '.join(vendors)})"
-    if kind == "issuer" and target not in issuers:
-        return f"{target!r} is not a configured issuer name (issuers: {', '.join(issuers)})"
-    if kind == "contractor":
-        issuer, sep, subject = target.partition(":")
-        if not sep or not subject or issuer not in issuers:
-            return (
-                f"{target!r} must be <issuer name>:<sub>, e.g. acme-idp:alice "
-                f"(issuers: {', '.join(issuers)})"
-            )
-    projects = sorted(project.name for project in config.projects)
-    if kind == "project" and projects and target not in projects:
-        return f"unknown project {target!r} (projects: {', '.join(projects)})"
-    return None
-
-
 def parse_ttl(value: str) -> timedelta:
     from gateway.lockout import LockError
     from gateway.lockout.store import parse_duration
@@ -229,6 +203,7 @@ def lock_command(
     all but project locks, what the locked principals received recently (exposure).
     """
     from gateway.lockout import create_lock
+    from gateway.lockout.store import check_target
 
     if kind is None:
         raise fail(f"KIND is required: one of {', '.join(KINDS)}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from gateway.db.notify import listen_forever
 from gateway.lockout import store
 
 log = logging.getLogger(__name__)
@@ -116,17 +117,4 @@ class LockState:
             self._refresh_quietly()
 
     def _listen(self) -> None:
-        import psycopg
-
-        url = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
-                    connection.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
-                    self._refresh_quietly()
-                    while not self._stop.is_set():
-                        for _ in connection.notifies(timeout=1.0, stop_after=1):
-                            self._refresh_quietly()
-            except Exception as error:  # reconnect; the poller covers the gap
-                log.warning("lock LISTEN connection lost: %s", error)
-            self._stop.wait(1.0)
+        listen_forever(self._db, store.NOTIFY_CHANNEL, self._refresh_quietly, self._stop)

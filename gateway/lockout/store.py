@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from gateway.config import Config
 from gateway.db.models import AccessEvent, Lock
 from gateway.policy.store import record_admin_event
 
@@ -259,3 +260,31 @@ def active_lock_keys(db: Engine) -> dict[tuple[str, str], tuple[int, float | Non
 
 def _outlasts(a: float | None, b: float | None) -> bool:
     return a is None or (b is not None and a > b)
+
+
+def check_target(config: Config, kind: str, target: str) -> str | None:
+    """Why `target` cannot be a `kind` lock under this configuration, or None.
+
+    A lock that can never match (a vendor no issuer can vouch for, an issuer name that is
+    not configured, a contractor of such an issuer, a project outside the configured list)
+    would look like protection while protecting nothing, so it is refused, not stored.
+    """
+    issuers = sorted(issuer.name for issuer in config.issuers)
+    if kind == "vendor" and all(issuer.vendor_claim is None for issuer in config.issuers):
+        # Every issuer binds its tokens to one vendor: no other vendor can ever appear.
+        vendors = sorted({issuer.vendor for issuer in config.issuers if issuer.vendor})
+        if target not in vendors:
+            return f"no configured issuer binds vendor {target!r} (vendors: {', '.join(vendors)})"
+    if kind == "issuer" and target not in issuers:
+        return f"{target!r} is not a configured issuer name (issuers: {', '.join(issuers)})"
+    if kind == "contractor":
+        issuer, sep, subject = target.partition(":")
+        if not sep or not subject or issuer not in issuers:
+            return (
+                f"{target!r} must be <issuer name>:<sub>, e.g. acme-idp:alice "
+                f"(issuers: {', '.join(issuers)})"
+            )
+    projects = sorted(project.name for project in config.projects)
+    if kind == "project" and projects and target not in projects:
+        return f"unknown project {target!r} (projects: {', '.join(projects)})"
+    return None

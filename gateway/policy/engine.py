@@ -25,6 +25,7 @@ from pathlib import Path
 import casbin
 from sqlalchemy import Engine
 
+from gateway.db.notify import listen_forever
 from gateway.policy import store
 from gateway.policy.rules import Rule
 
@@ -271,21 +272,14 @@ class PolicyEngine:
             log.warning("policy refresh failed: %s", error)
 
     def _listen(self) -> None:
-        """Refresh as soon as a committed change is announced; reconnect on any failure."""
-        import psycopg
+        """Refresh as soon as a committed change is announced."""
+        listen_forever(
+            self._db,
+            store.NOTIFY_CHANNEL,
+            self._refresh_quietly,
+            self._stop,
+            on_connected=self._set_listening,
+        )
 
-        url = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
-                    connection.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
-                    self.listening = True
-                    # A change committed while we were not listening is caught here.
-                    self._refresh_quietly()
-                    while not self._stop.is_set():
-                        for _ in connection.notifies(timeout=1.0, stop_after=1):
-                            self._refresh_quietly()
-            except Exception as error:  # reconnect; the poller covers the gap
-                log.warning("policy LISTEN connection lost: %s", error)
-            self.listening = False
-            self._stop.wait(1.0)
+    def _set_listening(self, connected: bool) -> None:
+        self.listening = connected
