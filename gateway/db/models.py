@@ -163,3 +163,97 @@ class AuditCheckpoint(Base):
         Index("ix_audit_checkpoints_chain_seq", "chain_id", "seq"),
         Index("ix_audit_checkpoints_time", "time"),
     )
+
+
+# --- anomaly review (gateway/anomaly) ----------------------------------------------------
+
+from sqlalchemy import Float  # noqa: E402 - appended with the anomaly models
+
+
+class AnomalyAlert(Base):
+    """A detector's finding for an auditor to review; one per detector+contractor+window."""
+
+    __tablename__ = "anomaly_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # detector:contractor:window — a rescan updates the alert instead of adding one.
+    dedup_key: Mapped[str] = mapped_column(String(512), unique=True)
+    detector: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    # `<issuer>:<sub>`, or `ip:<address>` for unauthenticated traffic.
+    contractor: Mapped[str] = mapped_column(String(512))
+    issuer: Mapped[str | None] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    vendor: Mapped[str | None] = mapped_column(String(255))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    project: Mapped[str | None] = mapped_column(String(255))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    score: Mapped[float] = mapped_column(Float)
+    explanation: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text, default="{}")  # JSON: row ids, request ids
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    assignee: Mapped[str | None] = mapped_column(String(255))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    lock_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_anomaly_alerts_status", "status", "detected_at"),
+        Index("ix_anomaly_alerts_contractor", "contractor", "detected_at"),
+        Index("ix_anomaly_alerts_detected", "detected_at"),
+    )
+
+
+class CanaryRecord(Base):
+    """A record an admin marks as never to be fetched: any access to it is an alert."""
+
+    __tablename__ = "canary_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(255), unique=True)
+    project: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AnomalyHourly(Base):
+    """Per contractor-hour counts of the access log (a rollup the scans keep fresh)."""
+
+    __tablename__ = "anomaly_hourly"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    hour: Mapped[int] = mapped_column(BigInteger)  # hours since the epoch, UTC
+    issuer: Mapped[str | None] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    vendor: Mapped[str | None] = mapped_column(String(255))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    project: Mapped[str | None] = mapped_column(String(255))
+    task: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    lock_reason: Mapped[str] = mapped_column(String(255), default="")
+    rows: Mapped[int] = mapped_column(BigInteger)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    first_ts: Mapped[float] = mapped_column(Float)
+    last_ts: Mapped[float] = mapped_column(Float)
+    first_id: Mapped[int] = mapped_column(BigInteger)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_anomaly_hourly_hour", "hour"),
+        Index("ix_anomaly_hourly_vendor_hour", "vendor", "hour"),
+    )
+
+
+class AnomalyState(Base):
+    """Small key/value state of the scans: rollup coverage, last scan."""
+
+    __tablename__ = "anomaly_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

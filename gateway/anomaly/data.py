@@ -1,0 +1,536 @@
+"""What the detectors read: per contractor-hour aggregates, and a few raw rows on demand.
+
+Detectors never walk the raw access log. They read *hourly rows*: one per (hour,
+contractor, client IP, project, task, kind) with counts, first/last time and first/last
+row id, which the database computes with one GROUP BY (`gateway.anomaly.rollup`) and the
+simulator computes in memory (`MemorySource`). Raw rows are fetched only for the few
+contractor-hours a detector wants to look into (sequences of record ids, denied paths)
+and for evidence.
+
+Every access-log row falls into exactly one *kind* (`classify`, and the same CASE in SQL):
+
+    read      a record released (decision allow, a record id, reason released)
+    annotate  an annotation submitted (decision allow, action annotate)
+    other     any other allowed request (no records, upstream 404, task lists)
+    filtered  a record removed by record-level policy
+    denied    refused by policy, or an unauthenticated request
+    unmatched refused before policy: no route, bad path, bad query
+    locked    refused by a lock (reason locked:<id>)
+    error     a gateway-side failure (upstream down, internal error): never the caller's doing
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+KINDS = ("read", "annotate", "other", "filtered", "denied", "unmatched", "locked", "error")
+PROBE_KINDS = frozenset({"filtered", "denied", "unmatched"})
+UNMATCHED_REASONS = ("unknown_route", "method_not_allowed", "bad_path", "bad_query")
+ERROR_REASONS = (
+    "internal_error",
+    "lock_state_unknown",
+    "unfilterable",
+    "body_too_large",
+    "bad_upstream_response",
+    "temporarily_unavailable",
+)
+LOCK_PREFIX = "locked:"
+STREAM_CUT_LOCKED = "stream_cut:locked"
+
+
+def classify(decision: str, reason: str | None, action: str | None, record_id: str | None) -> str:
+    reason = reason or ""
+    if reason.startswith(LOCK_PREFIX) or reason == STREAM_CUT_LOCKED:
+        return "locked"
+    if decision == "allow":
+        if action == "annotate":
+            return "annotate"
+        if record_id is not None and reason == "released":
+            return "read"
+        return "other"
+    if decision == "filtered":
+        return "filtered"
+    if reason in UNMATCHED_REASONS:
+        return "unmatched"
+    if reason in ERROR_REASONS or reason.startswith("upstream_"):
+        return "error"
+    return "denied"
+
+
+def contractor_key(issuer: str | None, subject: str | None, client_ip: str | None) -> str:
+    """`<issuer>:<sub>` as in policies; unauthenticated traffic is keyed by its address."""
+    if subject is not None:
+        return f"{issuer}:{subject}"
+    return f"ip:{client_ip or 'unknown'}"
+
+
+class HourlyRow(NamedTuple):
+    hour: int  # hours since the epoch (UTC)
+    issuer: str | None
+    subject: str | None
+    vendor: str | None
+    client_ip: str | None
+    project: str | None
+    task: str | None
+    kind: str
+    lock_reason: str  # the reason of `locked` rows (locked:<id>), else ""
+    rows: int
+    requests: int
+    first_ts: float
+    last_ts: float
+    first_id: int
+    last_id: int
+
+
+class DetailRow(NamedTuple):
+    id: int
+    ts: float
+    request_id: str
+    record_id: str | None
+    path: str
+    reason: str | None
+    client_ip: str | None
+
+
+@dataclass(frozen=True)
+class Who:
+    """A contractor (issuer + subject) or, for unauthenticated traffic, an address."""
+
+    key: str
+    issuer: str | None
+    subject: str | None
+    vendor: str | None
+    client_ip: str | None = None
+
+    @property
+    def lockable(self) -> bool:
+        return self.subject is not None and self.issuer is not None
+
+
+class CanaryHit(NamedTuple):
+    id: int
+    ts: float
+    request_id: str
+    issuer: str | None
+    subject: str | None
+    vendor: str | None
+    client_ip: str | None
+    record_id: str
+    decision: str
+    project: str | None
+
+
+class LogSource(Protocol):
+    """Where the detectors' data comes from: the database or the simulator."""
+
+    def vendors(self, start_hour: int, end_hour: int) -> list[tuple[str | None, int]]:
+        """Vendors (None: unauthenticated traffic) with activity, and how many contractors."""
+        ...
+
+    def hourly(self, vendor: str | None, start_hour: int, end_hour: int) -> Iterable[HourlyRow]:
+        """One vendor's hourly rows in [start_hour, end_hour)."""
+        ...
+
+    def daily_reads(
+        self, start_hour: int, end_hour: int
+    ) -> Iterable[tuple[int, str, str | None, int]]:
+        """(day, contractor, project, records read) for every vendor: the project peers."""
+        ...
+
+    def detail(
+        self, who: Who, start_ts: float, end_ts: float, kinds: Sequence[str], limit: int
+    ) -> list[DetailRow]:
+        """Raw rows of one contractor in [start_ts, end_ts) of the given kinds, oldest first."""
+        ...
+
+    def canary_hits(self, start_ts: float, end_ts: float) -> list[CanaryHit]:
+        """Every row in the window that touched a canary record."""
+        ...
+
+
+# --- per-contractor series -------------------------------------------------------------
+
+
+@dataclass
+class Hour:
+    reads: int = 0
+    read_requests: int = 0
+    annotations: int = 0
+    other_requests: int = 0
+    probe_requests: int = 0
+    probe_rows: int = 0
+    locked: int = 0
+    projects: dict[str | None, int] = field(default_factory=dict)
+    tasks: set[tuple[str | None, str | None]] = field(default_factory=set)
+    # client IP -> [first ts, last ts, requests]
+    ips: dict[str | None, list[float]] = field(default_factory=dict)
+    first_id: int = 0
+    last_id: int = 0
+
+    @property
+    def project(self) -> str | None:
+        """The project most records of this hour came from."""
+        if not self.projects:
+            return None
+        return max(self.projects.items(), key=lambda item: (item[1], item[0] or ""))[0]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.reads or self.annotations or self.other_requests)
+
+
+@dataclass
+class Series:
+    who: Who
+    hours: dict[int, Hour] = field(default_factory=dict)
+    # lock reason -> [rows, first ts, last ts, first id, last id]
+    locks: dict[str, list[float]] = field(default_factory=dict)
+    _days: dict[int, Day] | None = None
+
+    def days(self) -> dict[int, Day]:
+        if self._days is None:
+            days: dict[int, Day] = {}
+            for hour in sorted(self.hours):
+                stats = self.hours[hour]
+                day = days.setdefault(hour // 24, Day())
+                day.reads += stats.reads
+                day.read_requests += stats.read_requests
+                day.annotations += stats.annotations
+                if stats.active:
+                    day.active_hours.append(hour)
+                for project, count in stats.projects.items():
+                    day.projects[project] = day.projects.get(project, 0) + count
+                day.tasks |= stats.tasks
+            self._days = days
+        return self._days
+
+
+@dataclass
+class Day:
+    reads: int = 0
+    read_requests: int = 0
+    annotations: int = 0
+    active_hours: list[int] = field(default_factory=list)
+    projects: dict[str | None, int] = field(default_factory=dict)
+    tasks: set[tuple[str | None, str | None]] = field(default_factory=set)
+
+    @property
+    def project(self) -> str | None:
+        if not self.projects:
+            return None
+        return max(self.projects.items(), key=lambda item: (item[1], item[0] or ""))[0]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.active_hours)
+
+
+def project_days(
+    rows: Iterable[tuple[int, str, str | None, int]],
+) -> dict[tuple[int, str | None], list[tuple[str, int]]]:
+    """(day, project) → [(contractor, reads that day)], each contractor-day under the
+    project most of its reads came from."""
+    per_day: dict[tuple[int, str], dict[str | None, int]] = {}
+    for day, key, project, reads in rows:
+        projects = per_day.setdefault((day, key), {})
+        projects[project] = projects.get(project, 0) + reads
+    out: dict[tuple[int, str | None], list[tuple[str, int]]] = {}
+    for (day, key), projects in per_day.items():
+        main = max(projects.items(), key=lambda item: (item[1], item[0] or ""))[0]
+        out.setdefault((day, main), []).append((key, sum(projects.values())))
+    return out
+
+
+def build_series(rows: Iterable[HourlyRow]) -> dict[str, Series]:
+    """Fold hourly rows into one Series per contractor."""
+    series: dict[str, Series] = {}
+    for row in rows:
+        key = contractor_key(row.issuer, row.subject, row.client_ip)
+        current = series.get(key)
+        if current is None:
+            who = Who(
+                key,
+                row.issuer,
+                row.subject,
+                row.vendor,
+                row.client_ip if row.subject is None else None,
+            )
+            current = series[key] = Series(who)
+        if row.kind == "error":
+            continue
+        if row.kind == "locked":
+            entry = current.locks.get(row.lock_reason)
+            if entry is None:
+                current.locks[row.lock_reason] = [
+                    row.rows,
+                    row.first_ts,
+                    row.last_ts,
+                    row.first_id,
+                    row.last_id,
+                ]
+            else:
+                entry[0] += row.rows
+                entry[1] = min(entry[1], row.first_ts)
+                entry[2] = max(entry[2], row.last_ts)
+                entry[3] = min(entry[3], row.first_id)
+                entry[4] = max(entry[4], row.last_id)
+        stats = current.hours.get(row.hour)
+        if stats is None:
+            stats = current.hours[row.hour] = Hour()
+        kind = row.kind
+        if kind == "read":
+            stats.reads += row.rows
+            stats.read_requests += row.requests
+            stats.projects[row.project] = stats.projects.get(row.project, 0) + row.rows
+            stats.tasks.add((row.project, row.task))
+            stats.first_id = (
+                row.first_id if not stats.first_id else min(stats.first_id, row.first_id)
+            )
+            stats.last_id = max(stats.last_id, row.last_id)
+        elif kind == "annotate":
+            stats.annotations += row.rows
+        elif kind == "other":
+            stats.other_requests += row.requests
+        elif kind in PROBE_KINDS:
+            stats.probe_requests += row.requests
+            stats.probe_rows += row.rows
+        elif kind == "locked":
+            stats.locked += row.rows
+        ip = stats.ips.get(row.client_ip)
+        if ip is None:
+            stats.ips[row.client_ip] = [row.first_ts, row.last_ts, float(row.requests)]
+        else:
+            ip[0] = min(ip[0], row.first_ts)
+            ip[1] = max(ip[1], row.last_ts)
+            ip[2] += row.requests
+    return series
+
+
+# --- the simulator's log, in memory ----------------------------------------------------
+
+
+class Request(NamedTuple):
+    """One request as the simulator makes it: the rows it leaves are one per record id."""
+
+    ts: float
+    request_id: str
+    issuer: str | None
+    subject: str | None
+    vendor: str | None
+    client_ip: str | None
+    user_agent: str | None
+    method: str
+    path: str
+    project: str | None
+    task: str | None
+    action: str | None
+    decision: str
+    reason: str | None
+    upstream_status: int | None
+    record_ids: tuple[str | None, ...]  # one entry per row; (None,) for a row without record
+
+
+_SUFFIX_NUMBER = re.compile(r"^(.*?)(\d+)$")
+
+
+def split_record_id(record_id: str) -> tuple[str, int] | None:
+    """`rec-3-2-00417` → ("rec-3-2-", 417); None when the id does not end in digits."""
+    match = _SUFFIX_NUMBER.match(record_id)
+    if not match:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+class MemorySource:
+    """A LogSource over requests held in memory (the simulator's output).
+
+    Row ids are assigned in time order, one per record, starting at 1: the same ids the
+    rows get when the simulator writes them to an empty database.
+    """
+
+    def __init__(self, requests: Iterable[Request], canaries: Iterable[str] = ()) -> None:
+        self.requests = sorted(requests, key=lambda r: (r.ts, r.request_id))
+        self.first_ids: list[int] = []
+        next_id = 1
+        for request in self.requests:
+            self.first_ids.append(next_id)
+            next_id += len(request.record_ids)
+        self.canaries = frozenset(canaries)
+        self._by_who: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(self.requests):
+            self._by_who[contractor_key(request.issuer, request.subject, request.client_ip)].append(
+                index
+            )
+        self._hourly: dict[str | None, list[HourlyRow]] | None = None
+
+    def _aggregate(self) -> dict[str | None, list[HourlyRow]]:
+        if self._hourly is None:
+            groups: dict[tuple[Any, ...], list[Any]] = {}
+            for request, first_id in zip(self.requests, self.first_ids, strict=True):
+                hour = int(request.ts // 3600)
+                # One request's rows share everything but the record id, so one kind
+                # unless record ids are missing on some rows (never, in the simulator).
+                kinds: dict[str, int] = {}
+                for record_id in request.record_ids:
+                    kind = classify(request.decision, request.reason, request.action, record_id)
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                last_id = first_id + len(request.record_ids) - 1
+                for kind, count in kinds.items():
+                    lock_reason = (request.reason or "") if kind == "locked" else ""
+                    key = (
+                        request.vendor,
+                        hour,
+                        request.issuer,
+                        request.subject,
+                        request.client_ip,
+                        request.project,
+                        request.task,
+                        kind,
+                        lock_reason,
+                    )
+                    group = groups.get(key)
+                    if group is None:
+                        groups[key] = [count, 1, request.ts, request.ts, first_id, last_id]
+                    else:
+                        group[0] += count
+                        group[1] += 1
+                        group[3] = request.ts
+                        group[5] = last_id
+            by_vendor: dict[str | None, list[HourlyRow]] = defaultdict(list)
+            for key, (rows, requests, first_ts, last_ts, first_id, last_id) in groups.items():
+                vendor, hour, issuer, subject, ip, project, task, kind, lock_reason = key
+                by_vendor[vendor].append(
+                    HourlyRow(
+                        hour,
+                        issuer,
+                        subject,
+                        vendor,
+                        ip,
+                        project,
+                        task,
+                        kind,
+                        lock_reason,
+                        rows,
+                        requests,
+                        first_ts,
+                        last_ts,
+                        first_id,
+                        last_id,
+                    )
+                )
+            self._hourly = dict(by_vendor)
+        return self._hourly
+
+    def vendors(self, start_hour: int, end_hour: int) -> list[tuple[str | None, int]]:
+        result = []
+        for vendor, rows in self._aggregate().items():
+            keys = {
+                contractor_key(r.issuer, r.subject, r.client_ip)
+                for r in rows
+                if start_hour <= r.hour < end_hour
+            }
+            if keys:
+                result.append((vendor, len(keys)))
+        return sorted(result, key=lambda item: item[0] or "")
+
+    def hourly(self, vendor: str | None, start_hour: int, end_hour: int) -> Iterator[HourlyRow]:
+        for row in self._aggregate().get(vendor, []):
+            if start_hour <= row.hour < end_hour:
+                yield row
+
+    def daily_reads(
+        self, start_hour: int, end_hour: int
+    ) -> Iterator[tuple[int, str, str | None, int]]:
+        for rows in self._aggregate().values():
+            for row in rows:
+                if (
+                    row.kind == "read"
+                    and row.subject is not None
+                    and start_hour <= row.hour < end_hour
+                ):
+                    yield row.hour // 24, f"{row.issuer}:{row.subject}", row.project, row.rows
+
+    def detail(
+        self, who: Who, start_ts: float, end_ts: float, kinds: Sequence[str], limit: int
+    ) -> list[DetailRow]:
+        indexes = self._by_who.get(who.key, [])
+        times = [self.requests[i].ts for i in indexes]
+        lo = bisect.bisect_left(times, start_ts)
+        hi = bisect.bisect_left(times, end_ts)
+        wanted = set(kinds)
+        out: list[DetailRow] = []
+        for index in indexes[lo:hi]:
+            request = self.requests[index]
+            for offset, record_id in enumerate(request.record_ids):
+                kind = classify(request.decision, request.reason, request.action, record_id)
+                if kind in wanted:
+                    out.append(
+                        DetailRow(
+                            self.first_ids[index] + offset,
+                            request.ts,
+                            request.request_id,
+                            record_id,
+                            request.path,
+                            request.reason,
+                            request.client_ip,
+                        )
+                    )
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def canary_hits(self, start_ts: float, end_ts: float) -> list[CanaryHit]:
+        if not self.canaries:
+            return []
+        times = [request.ts for request in self.requests]
+        lo = bisect.bisect_left(times, start_ts)
+        hi = bisect.bisect_left(times, end_ts)
+        hits = []
+        for index in range(lo, hi):
+            request = self.requests[index]
+            for offset, record_id in enumerate(request.record_ids):
+                if record_id is not None and record_id in self.canaries:
+                    hits.append(
+                        CanaryHit(
+                            self.first_ids[index] + offset,
+                            request.ts,
+                            request.request_id,
+                            request.issuer,
+                            request.subject,
+                            request.vendor,
+                            request.client_ip,
+                            record_id,
+                            request.decision,
+                            request.project,
+                        )
+                    )
+        return hits
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The access-log rows these requests leave, in id order (for writing them out)."""
+        for request, first_id in zip(self.requests, self.first_ids, strict=True):
+            for offset, record_id in enumerate(request.record_ids):
+                yield {
+                    "id": first_id + offset,
+                    "ts": request.ts,
+                    "request_id": request.request_id,
+                    "issuer": request.issuer,
+                    "subject": request.subject,
+                    "vendor": request.vendor,
+                    "client_ip": request.client_ip,
+                    "user_agent": request.user_agent,
+                    "method": request.method,
+                    "path": request.path,
+                    "project": request.project,
+                    "task": request.task,
+                    "record_id": record_id,
+                    "action": request.action,
+                    "decision": request.decision,
+                    "reason": request.reason,
+                    "upstream_status": request.upstream_status,
+                }
