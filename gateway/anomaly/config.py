@@ -57,7 +57,7 @@ class AnomalyConfig:
     volume_min_records: int = 60
     # Robust z-score against the contractor's own hours of the same kind (weekday or
     # weekend, same hour of day): (x - median) / (1.4826 MAD), MAD floored.
-    volume_own_z: float = 6.0
+    volume_own_z: float = 7.0
     # Floor of the z-score's scale, in records (Poisson noise of small counts).
     volume_min_scale: float = 10.0
     volume_own_ratio: float = 3.5
@@ -70,19 +70,20 @@ class AnomalyConfig:
     # --- slow exfiltration (records per day, EWMA) -------------------------------------
     exfil_alpha: float = 0.2
     # EWMA of reads/day, peer-normalised, at least this far above the contractor's own
-    # baseline ...
-    exfil_ratio: float = 1.15
-    # ... and reads per annotation submitted at least this far above the own baseline
+    # baseline (a sustained rise, however small) ...
+    exfil_ratio: float = 1.05
+    # ... and read requests per annotation submitted this far above the own baseline
     # (checked when the log has annotation submissions for the contractor) ...
-    exfil_unworked_ratio: float = 1.15
-    # ... with a z-score (EWMA over the robust day-to-day spread; both signals combined
-    # when there are annotations) of at least this.
-    exfil_z: float = 3.0
+    exfil_unworked_ratio: float = 1.1
+    # ... with a z-score (EWMA over the robust day-to-day spread; of the annotation
+    # signal, or of both combined) of at least this; reads alone when no annotations.
+    exfil_z: float = 5.0
     exfil_min_days: int = 3
     # The baseline ends this many days before the scored day and needs this many days.
     exfil_baseline_gap_days: int = 7
     exfil_min_baseline_days: int = 5
-    exfil_min_excess_records: int = 200
+    # Fetches above what the own annotation rate (or own level) explains, recent days.
+    exfil_min_excess_records: int = 100
 
     # --- breadth (distinct project/tasks per day) -------------------------------------
     breadth_min_tasks: int = 6

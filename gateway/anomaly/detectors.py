@@ -380,13 +380,17 @@ def _volume_window(
             ]
             label = "active hours"
         middle = statistics.median(sample)
-        trend = peers.team_rise(series, stats.project, day, own.active_days)
-        if peer is not None and peer[4]:
-            # The same peers' hours now against their hours during the history: a rise
-            # the whole team shares (today's included) is no one contractor's spike.
-            hourly = (peer[0] / peer[4], peer[0] * 8, peer[4] * 8)
-            if trend is None or hourly[0] > trend[0]:
-                trend = hourly
+        # A rise the whole team shares is no one contractor's spike. Preferably the same
+        # peers' hours now (last 24 h, today's included) against their hours during the
+        # history; without enough peers on the project, the project's level across
+        # vendors (weekdays, daily); else the whole vendor's hours.
+        trend: tuple[float, ...] | None = None
+        if peer is not None and peer[4] and peer[3] == stats.project:
+            trend = (peer[0] / peer[4],)
+        else:
+            trend = peers.team_rise(series, stats.project, day, own.active_days)
+            if trend is None and peer is not None and peer[4]:
+                trend = (peer[0] / peer[4],)
         rise = max(1.0, trend[0]) if trend else 1.0
         middle *= rise
         level = max(middle, own.active_hour_median * width * rise, 1.0)
@@ -511,14 +515,21 @@ def slow_exfiltration(series: Series, peers: Peers, ctx: Context) -> list[Findin
         if e_y < threshold:
             continue
         if annotated:
-            # Both signals up: reads above the own level (peer-normalised), and reads per
-            # annotation up (records fetched, not worked on); their z-scores combined.
-            if e_w < unworked_threshold or (z_y + z_w) / math.sqrt(2) < c.exfil_z:
+            # Both signals up: reads above the own level (peer-normalised), and read
+            # requests per annotation up (records fetched, not worked on); the z-score of
+            # the latter, or of both combined.
+            if e_w < unworked_threshold or max(z_w, (z_y + z_w) / math.sqrt(2)) < c.exfil_z:
                 continue
         elif z_y < c.exfil_z:
             continue
-        expected = {h: math.exp(base_y) * (peer_reads[h] + 1) - 1 for h in recent}
-        excess = sum(days[h].reads - expected[h] for h in recent)
+        if annotated:
+            # Fetches the contractor's own annotation rate does not account for.
+            excess = sum(
+                days[h].read_requests + 1 - math.exp(base_w) * (days[h].annotations + 1)
+                for h in recent
+            )
+        else:
+            excess = sum(days[h].reads + 1 - math.exp(base_y) * (peer_reads[h] + 1) for h in recent)
         if excess < c.exfil_min_excess_records:
             continue
         firing[d] = {
@@ -561,7 +572,7 @@ def slow_exfiltration(series: Series, peers: Peers, ctx: Context) -> list[Findin
             f"{num(round(info['base_daily']))}/day "
             f"({info['baseline_days']} earlier active days)",
             f"peers ({series.who.vendor}, {info['group']}) median {num(round(peer_now))}/day",
-            f"about {num(round(info['excess']))} records above the expected level",
+            f"about {num(round(info['excess']))} fetches above the expected level",
         ]
         if info["unworked_ratio"] is not None:
             parts.append(

@@ -58,6 +58,7 @@ def scan(
     until: datetime | None = None,
     rebuild: bool = False,
     exposure_days: int = 30,
+    gateway_config: Any = None,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
@@ -86,7 +87,9 @@ def scan(
         on_phase("storing alerts")
     stored = upsert_findings(engine, findings)
     result = ScanResult(since, until, findings, stored, rollup)
-    result.auto_locks = auto_lock(engine, config, findings, stored, exposure_days=exposure_days)
+    result.auto_locks = auto_lock(
+        engine, config, stored, exposure_days=exposure_days, gateway_config=gateway_config
+    )
     result.seconds = time.monotonic() - started
     with engine.begin() as connection:
         set_state(
@@ -107,10 +110,10 @@ def scan(
 def auto_lock(
     engine: Engine,
     config: AnomalyConfig,
-    findings: list[Finding],
     stored: UpsertResult,
     *,
     exposure_days: int = 30,
+    gateway_config: Any = None,
 ) -> list[dict[str, Any]]:
     """Lock right away for the configured detectors and severities (new alerts only)."""
     if not config.auto_lock_detectors or not stored.new:
@@ -138,6 +141,7 @@ def auto_lock(
                 kind=config.auto_lock_kind,
                 ttl=ttl,
                 exposure_days=exposure_days,
+                config=gateway_config,
             )
         except AlertError as error:
             log.warning("alert %s not locked automatically: %s", alert_id, error)

@@ -318,10 +318,14 @@ def escalate_alert(
     kind: str = "contractor",
     ttl: timedelta | None = None,
     exposure_days: int = 30,
+    config: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Lock the alert's contractor (or their whole vendor) in one step; (alert, lock)."""
+    """Lock the alert's contractor (or their whole vendor) in one step; (alert, lock).
+
+    With the gateway `config`, a lock that could never match under it (an issuer no
+    longer configured, say) is refused like the lock API refuses it."""
     from gateway.lockout import create_lock
-    from gateway.lockout.store import get_lock
+    from gateway.lockout.store import check_target, get_lock
 
     if not isinstance(reason, str) or not reason.strip():
         raise AlertError("reason", "a reason is required")
@@ -348,6 +352,10 @@ def escalate_alert(
         if row.vendor is None:
             raise AlertError("kind", "the alert names no vendor", 409)
         target = row.vendor
+    if config is not None:
+        problem = check_target(config, kind, target)
+        if problem:
+            raise AlertError("kind", f"cannot lock {kind} {target}: {problem}", 409)
     lock = create_lock(
         engine,
         kind=kind,

@@ -274,5 +274,6 @@ def escalate(alert_id: int) -> Any:
         kind=kind,
         ttl=ttl,
         exposure_days=services.config.lockout.exposure_days,
+        config=services.config,
     )
     return _json({"alert": alert, "lock": lock}, status=201)

@@ -200,6 +200,7 @@ def run_scan(
             until=until,
             rebuild=rebuild,
             exposure_days=config.lockout.exposure_days,
+            gateway_config=config,
             on_start=on_start,
             progress=progress,
             on_phase=on_phase,
@@ -420,6 +421,7 @@ def escalate_command(
             kind=kind,
             ttl=lifetime,
             exposure_days=config.lockout.exposure_days,
+            config=config,
         )
     click.echo(
         f"locked {lock['kind']} {lock['target']} (lock {lock['id']}) for alert {alert['id']}; "
@@ -469,10 +471,11 @@ def watch_command(
                     rebuild=False,
                     show_progress=False,
                 )
+                new = result.stored.new
                 click.echo(
                     f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} scan: {len(result.findings)} "
-                    f"findings, {len(result.stored.new)} new alerts "
-                    f"{result.stored.new or ''} ({result.seconds:.1f}s)".rstrip()
+                    f"findings, {len(new)} new alerts{' ' + str(new) if new else ''} "
+                    f"({result.seconds:.1f}s)"
                 )
                 for lock in result.auto_locks:
                     click.echo(f"  locked {lock['target']} (lock {lock['lock_id']})")
