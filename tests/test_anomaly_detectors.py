@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from gateway.anomaly.config import AnomalyConfig, AnomalyConfigError, parse_anomaly_table
+from gateway.anomaly.config import (
+    AnomalyConfig,
+    AnomalyConfigError,
+    load_anomaly_config,
+    parse_anomaly_table,
+)
 from gateway.anomaly.data import MemorySource, Request, classify
 from gateway.anomaly.detectors import Finding, detect, sequence_stats, spearman
+from gateway.anomaly.locations import load_locations
 
 START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()  # a Monday
 DAYS = 19  # through the Friday of the third week
@@ -374,6 +381,97 @@ def test_credential_sharing_quiet_on_moving_between_addresses(team: Team) -> Non
     team.work(VICTIM, 14, hours=range(9, 13))
     team.work(VICTIM, 14, hours=range(13, 17), ip="198.51.100.77")  # home after lunch
     assert on(team.findings("credential_sharing")) == []
+
+
+# --- impossible travel -------------------------------------------------------------------
+
+PLACES = """network,latitude,longitude,place
+203.0.113.0/24,52.52,13.40,Berlin office
+198.51.100.0/24,52.39,13.06,Potsdam
+45.80.0.0/16,14.60,120.98,Manila
+45.80.9.0/24,-33.87,151.21,Sydney
+2001:db8::/32,40.71,-74.01,New York
+"""
+
+
+@pytest.fixture
+def places(tmp_path: Path) -> str:
+    path = tmp_path / "locations.csv"
+    path.write_text(PLACES)
+    return str(path)
+
+
+def without_victim_on(team: Team, day: int) -> None:
+    team.requests = [
+        r for r in team.requests if not (r.subject == "a0" and at(day, 0) <= r.ts < at(day + 1, 0))
+    ]
+
+
+def test_impossible_travel_fires_on_a_jump_across_the_world(team: Team, places: str) -> None:
+    without_victim_on(team, 14)
+    team.work(VICTIM, 14, hours=range(9, 12))
+    team.work(VICTIM, 14, hours=range(12, 14), ip="45.80.1.2")  # Manila within the hour
+    found = on(team.findings("impossible_travel", ip_locations=places))
+    assert len(found) == 1
+    finding = found[0]
+    assert "Berlin office (203.0.113.10)" in finding.explanation
+    assert "Manila (45.80.1.2)" in finding.explanation
+    assert 9_000 < finding.evidence["km"] < 11_000
+    check_explained(finding)
+    # Both sides of the jump are in the evidence rows' window.
+    assert finding.window_start < at(14, 12) < finding.window_end
+
+
+def test_impossible_travel_quiet_on_a_real_flight_and_a_nearby_home(
+    team: Team, places: str
+) -> None:
+    without_victim_on(team, 14)
+    without_victim_on(team, 15)
+    team.work(VICTIM, 14, hours=range(9, 12))
+    # Phone at home 30 km away while the laptop is still at the office: the same area.
+    team.work(VICTIM, 14, hours=range(11, 15), ip="198.51.100.7")
+    team.work(VICTIM, 15, hours=range(9, 12), ip="45.80.1.2")  # Manila, 18 h later
+    assert on(team.findings("impossible_travel", ip_locations=places)) == []
+
+
+def test_impossible_travel_needs_known_locations(team: Team, places: str) -> None:
+    without_victim_on(team, 14)
+    team.work(VICTIM, 14, hours=range(9, 12))
+    team.work(VICTIM, 14, hours=range(12, 14), ip="192.0.2.99")  # not in the table
+    assert on(team.findings("impossible_travel", ip_locations=places)) == []
+    team.work(VICTIM, 14, hours=range(14, 15), ip="45.80.1.2")
+    assert on(team.findings("impossible_travel")) == []  # no table: off
+    assert len(on(team.findings("impossible_travel", ip_locations=places))) == 1
+
+
+def test_locations_longest_prefix_and_bad_files(tmp_path: Path, places: str) -> None:
+    table = load_locations(places)
+    assert len(table) == 5
+    assert table.lookup("45.80.9.1").name == "Sydney"  # /24 inside the /16
+    assert table.lookup("45.80.10.1").name == "Manila"
+    assert table.lookup("2001:db8::1").name == "New York"
+    assert table.lookup("192.0.2.1") is None and table.lookup("not an address") is None
+    assert round(table.lookup("203.0.113.1").km_to(table.lookup("198.51.100.1"))) in range(25, 35)
+    for text, message in [
+        ("network,lat,lon\n", "lacks latitude, longitude"),
+        ("network,latitude,longitude\n10.0.0.0/8,1,2\nnonsense,1,2\n", "line 3"),
+        ("network,latitude,longitude\n10.0.0.0/8,91,2\n", "out of range"),
+    ]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(AnomalyConfigError, match=message) as error:
+            load_locations(bad)
+        assert error.value.key == "ip_locations"
+    with pytest.raises(AnomalyConfigError, match="does not exist"):
+        load_locations(tmp_path / "missing.csv")
+
+
+def test_ip_locations_path_is_relative_to_its_config_file(tmp_path: Path, places: str) -> None:
+    config = tmp_path / "conf" / "thresholds.toml"
+    config.parent.mkdir()
+    config.write_text('[anomaly]\nip_locations = "../locations.csv"\n')
+    loaded = load_anomaly_config(None, str(config), environ={})
+    assert Path(loaded.ip_locations).resolve() == Path(places).resolve()
 
 
 # --- off-hours -------------------------------------------------------------------------

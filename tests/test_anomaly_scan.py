@@ -29,7 +29,7 @@ from gateway.anomaly.store import AlertFilter, get_alert, list_alerts, update_al
 from gateway.db.migrate import upgrade
 from gateway.db.session import make_engine
 from tests.conftest import GATEWAY_BIN, ROOT, _drop_postgres_db, _make_postgres_db, _postgres_server
-from tests.test_anomaly_detectors import CANARY, DAYS, VICTIM, Team, at
+from tests.test_anomaly_detectors import CANARY, DAYS, PLACES, VICTIM, Team, at
 
 
 @dataclass
@@ -84,18 +84,28 @@ def attacked_team() -> Team:
         )
     for i in range(30):  # probing
         team.deny("acme-idp:a3", at(17, 10 + i / 90), f"/api/admin/thing-{i}", "unknown_route")
+    # Office in Berlin all day, and an hour from Manila in between: impossible travel.
+    team.work("acme-idp:a4", 15, hours=range(13, 14), rate=6, ip="45.80.1.2")
     return team
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("places") / "locations.csv"
+    path.write_text(PLACES)
+    return str(path)
 
 
 SINCE = datetime.fromtimestamp(at(11, 0), UTC)
 UNTIL = datetime.fromtimestamp(at(DAYS, 0), UTC)
 
 
-def test_scan_matches_memory_and_is_idempotent(scan_db: ScanDb) -> None:
-    config = AnomalyConfig()
+def test_scan_matches_memory_and_is_idempotent(scan_db: ScanDb, places: str) -> None:
+    config = AnomalyConfig(ip_locations=places)
     first = scan(scan_db.engine, config, since=SINCE, until=UNTIL)
     detectors = {f.detector for f in first.findings}
-    assert {"volume_spike", "canary_touch", "locked_attempt", "probing"} <= detectors
+    expected_detectors = {"volume_spike", "canary_touch", "locked_attempt", "probing"}
+    assert expected_detectors | {"impossible_travel"} <= detectors
     assert len(first.stored.new) == len(first.findings)
     assert first.rollup["rollup_rows"] > 0
 

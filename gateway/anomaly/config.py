@@ -28,6 +28,7 @@ DETECTORS = (
     "probing",
     "credential_sharing",
     "off_hours",
+    "impossible_travel",
     "locked_attempt",
     "canary_touch",
 )
@@ -105,6 +106,14 @@ class AnomalyConfig:
     share_min_requests: int = 5
     share_min_overlap_minutes: int = 15
     share_min_hours: int = 2
+
+    # --- impossible travel (needs locations of addresses) ------------------------------
+    # A CSV of networks with coordinates (see gateway/anomaly/locations.py; a relative
+    # path is taken from the file that sets it); empty: the detector is off.
+    ip_locations: str = ""
+    # Two places at least this far apart, reached faster than this: impossible.
+    travel_min_km: float = 500.0
+    travel_max_kmh: float = 1000.0
 
     # --- off-hours (against the contractor's own hours of day) -------------------------
     offhours_min_records: int = 40
@@ -207,6 +216,9 @@ def read_anomaly_table(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     table = raw.get("anomaly", {})
     if not isinstance(table, dict):
         raise AnomalyConfigError("", "must be a table")
+    locations = table.get("ip_locations")
+    if isinstance(locations, str) and locations and not os.path.isabs(locations):
+        table["ip_locations"] = os.path.join(os.path.dirname(os.path.abspath(path)), locations)
     return dict(table)
 
 

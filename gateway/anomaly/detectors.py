@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import os
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +37,7 @@ from gateway.anomaly.data import (
     project_days,
     split_record_id,
 )
+from gateway.anomaly.locations import IpLocations, load_locations
 
 # A slow-exfiltration episode that started up to this many days before `since` keeps its
 # key (its first day); the scan loads this much more history for it.
@@ -110,6 +112,28 @@ def median_mad(values: Sequence[float]) -> tuple[float, float]:
     return middle, statistics.median(abs(v - middle) for v in values)
 
 
+def median_without(values: Sequence[float], removed: Sequence[float]) -> float:
+    """Median of the sorted multiset `values` less the sorted sub-multiset `removed`
+    (equal to `statistics.median` of the difference), in O(log² n)."""
+    size = len(values) - len(removed)
+
+    def kth(k: int) -> float:
+        # The smallest value v with at least k + 1 remaining elements <= v.
+        lo, hi = 0, len(values) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = values[mid]
+            if bisect.bisect_right(values, v) - bisect.bisect_right(removed, v) >= k + 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        return values[lo]
+
+    if size % 2:
+        return kth(size // 2)
+    return (kth(size // 2 - 1) + kth(size // 2)) / 2
+
+
 def severity_at_least(severity: str, floor: str) -> bool:
     return SEVERITIES.index(severity) >= SEVERITIES.index(floor)
 
@@ -175,6 +199,15 @@ class Peers:
             entries.sort()
         self.hourly = hourly
         self._hours = {p: [e[0] for e in entries] for p, entries in hourly.items()}
+        # group -> key -> ([hours], [reads]) of that contractor alone, in hour order.
+        self._own: dict[str | None, dict[str, tuple[list[int], list[int]]]] = {}
+        for group, entries in hourly.items():
+            own = self._own[group] = {}
+            for hour, reads, key in entries:
+                hours_reads = own.setdefault(key, ([], []))
+                hours_reads[0].append(hour)
+                hours_reads[1].append(reads)
+        self._window_cache: dict[tuple[str | None, int], list[int]] = {}
         self._level_cache: dict[tuple[str | None, int], float | None] = {}
         self._then_cache: dict[tuple[str | None, int, str], float | None] = {}
 
@@ -197,14 +230,28 @@ class Peers:
                 day = hour // 24
                 then_key = (group, day, key)
                 if then_key not in self._then_cache:
-                    lo = bisect.bisect_left(hours, (day - self.config.history_days) * 24)
-                    hi = bisect.bisect_left(hours, day * 24)
-                    older = [reads for _, reads, other in entries[lo:hi] if other != key]
-                    self._then_cache[then_key] = (
-                        statistics.median(older) if len(older) >= self.config.peer_min else None
-                    )
+                    self._then_cache[then_key] = self._history_median(group, day, key)
                 return middle, mad, len(peers), group or "all projects", self._then_cache[then_key]
         return None
+
+    def _history_median(self, group: str | None, day: int, key: str) -> float | None:
+        """Median of the other contractors' active hours of `group` over the history
+        before `day`: every peer's hours in that window, sorted once per (group, day),
+        less this contractor's own."""
+        start, stop = (day - self.config.history_days) * 24, day * 24
+        window = self._window_cache.get((group, day))
+        if window is None:
+            hours = self._hours[group]
+            lo, hi = bisect.bisect_left(hours, start), bisect.bisect_left(hours, stop)
+            window = self._window_cache[(group, day)] = sorted(
+                reads for _, reads, _ in self.hourly[group][lo:hi]
+            )
+        own_hours, own_reads = self._own[group].get(key, ([], []))
+        lo, hi = bisect.bisect_left(own_hours, start), bisect.bisect_left(own_hours, stop)
+        own = sorted(own_reads[lo:hi])
+        if len(window) - len(own) < self.config.peer_min:
+            return None
+        return median_without(window, own)
 
     def day_baseline(
         self, key: str, project: str | None, day: int
@@ -282,6 +329,7 @@ class Context:
     source: LogSource
     since_hour: int
     end_hour: int
+    locations: IpLocations | None = None
 
 
 @dataclass
@@ -873,6 +921,67 @@ def credential_sharing(series: Series, peers: Peers, ctx: Context) -> list[Findi
     return found
 
 
+def impossible_travel(series: Series, peers: Peers, ctx: Context) -> list[Finding]:
+    """Seen in two places further apart than anyone could travel in the time between
+    (only where the addresses' locations are known: `ip_locations`)."""
+    if ctx.locations is None:
+        return []
+    c = ctx.config
+    # (first, last, address, place) of every located address, hour by hour; the day
+    # before `since` too, so a jump across the boundary is seen.
+    sightings = []
+    for hour in sorted(series.hours):
+        if hour < ctx.since_hour - 24:
+            continue
+        for ip, (first, last, _) in series.hours[hour].ips.items():
+            place = ctx.locations.lookup(ip)
+            if place is not None:
+                sightings.append((first, last, ip or "-", place))
+    sightings.sort(key=lambda s: (s[0], s[1]))
+    jumps: dict[int, tuple[Any, ...]] = {}
+    latest = None
+    for sighting in sightings:
+        if latest is not None and sighting[3] != latest[3] and sighting[0] >= ctx.since_hour * 3600:
+            km = latest[3].km_to(sighting[3])
+            hours = max(sighting[0] - latest[1], 0.0) / 3600
+            speed = km / max(hours, 1 / 60)
+            if km >= c.travel_min_km and speed > c.travel_max_kmh:
+                jumps.setdefault(int(sighting[0] // 86400), (latest, sighting, km, hours, speed))
+        if latest is None or sighting[1] >= latest[1]:
+            latest = sighting
+    found = []
+    for day, (before, after, km, hours, speed) in jumps.items():
+        gap = f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
+        explanation = (
+            f"seen at {before[3].name} ({before[2]}) until {clock(before[1])} and at "
+            f"{after[3].name} ({after[2]}) at {clock(after[0])} on {day_text(day)}: "
+            f"{num(round(km))} km apart {'at the same time' if hours == 0 else 'in ' + gap} "
+            f"(over {num(round(speed))} km/h; the limit is {num(round(c.travel_max_kmh))} km/h)"
+        )
+        start, end = sorted((before[1], after[0]))
+        found.append(
+            Finding(
+                "impossible_travel",
+                "high",
+                series.who,
+                start,
+                end + 60,
+                (math.floor(after[0] / 3600) + 1) * 3600,
+                speed / c.travel_max_kmh,
+                explanation,
+                f"impossible_travel:{series.who.key}:{day_text(day)}",
+                project=series.hours[math.floor(after[0] / 3600)].project,
+                evidence={
+                    "addresses": [before[2], after[2]],
+                    "places": [before[3].name, after[3].name],
+                    "km": round(km),
+                },
+                evidence_kinds=("read", "annotate", "other"),
+            )
+        )
+    return found
+
+
 def off_hours(series: Series, peers: Peers, ctx: Context) -> list[Finding]:
     """Work at hours of day the contractor is never active, from an address their usual
     hours did not use (a shifted schedule from one address, e.g. travel, is not flagged),
@@ -975,6 +1084,7 @@ SERIES_DETECTORS: dict[str, Callable[[Series, Peers, Context], list[Finding]]] =
     "probing": probing,
     "credential_sharing": credential_sharing,
     "off_hours": off_hours,
+    "impossible_travel": impossible_travel,
     "locked_attempt": locked_attempts,
 }
 # Unauthenticated traffic (keyed by address) has no history, peers or locks to speak of.
@@ -1087,6 +1197,24 @@ def attach_evidence(source: LogSource, findings: Iterable[Finding]) -> None:
         evidence["query"] = query
 
 
+_locations_cache: dict[tuple[str, float], IpLocations] = {}
+
+
+def locations_for(config: AnomalyConfig) -> IpLocations | None:
+    """The `ip_locations` table, read again only when the file changes (`watch`)."""
+    if not config.ip_locations:
+        return None
+    try:
+        mtime = os.stat(config.ip_locations).st_mtime
+    except OSError:
+        mtime = -1.0  # load_locations names the problem
+    key = (config.ip_locations, mtime)
+    if key not in _locations_cache:
+        _locations_cache.clear()
+        _locations_cache[key] = load_locations(config.ip_locations)
+    return _locations_cache[key]
+
+
 def lookback_days(config: AnomalyConfig) -> int:
     return config.history_days + EPISODE_DAYS
 
@@ -1105,7 +1233,7 @@ def detect(
     since_hour = int(since_ts // 3600)
     end_hour = math.ceil(end_ts / 3600)
     start_hour = since_hour - 24 * lookback_days(config)
-    ctx = Context(config, source, since_hour, end_hour)
+    ctx = Context(config, source, since_hour, end_hour, locations_for(config))
     wanted = set(detectors or SERIES_DETECTORS.keys() | {"canary_touch"})
     findings: list[Finding] = []
     across = project_days(source.daily_reads(start_hour, end_hour))

@@ -273,7 +273,15 @@ def markdown(report: Report) -> str:
         f"| **{ratio(overall['precision'])}** |"
     )
     per100 = overall["false_per_100_contractor_days"]
+    fell_on = Counter(
+        "+".join(sorted(set(alert["benign_cases"]))) or "no scripted benign case"
+        for r in report.results
+        for alert in r.false_alerts
+    )
     lines += [
+        "",
+        "- false alerts by the benign case they fell on: "
+        + (", ".join(f"{kind} {n}" for kind, n in fell_on.most_common()) or "none"),
         "",
         f"- false alerts per 100 contractor-days: **{per100:.2f}** "
         f"({overall['false_alerts']} over {overall['contractor_days']:,} contractor-days)",

@@ -49,6 +49,7 @@ from gateway.db.models import AccessEvent, AnomalyHourly, AnomalyState, CanaryRe
 ROLLUP_STATE = "rollup"
 # Rollup hours kept before the oldest hour the latest scan needed.
 KEEP_EXTRA_HOURS = 7 * 24
+ROLLUP_WORK_MEM = "256MB"
 # A scan and `watch` must not refresh the same hours at once (PostgreSQL advisory lock).
 _LOCK_KEY = 0x616E6F6D  # "anom"
 
@@ -127,9 +128,22 @@ def _aggregate(engine: Engine, connection: Any, first_hour: int, end_hour: int) 
     hour = hour_expr(dialect)
     kind = kind_expr()
     lock_reason = case((_locked(), AccessEvent.reason), else_=literal(""))
-    # The time range uses the (time) index; the hour expression makes it exact.
-    since = from_ts(first_hour * 3600) - timedelta(minutes=1)
-    until = from_ts(end_hour * 3600) + timedelta(minutes=1)
+    if dialect == "postgresql":
+        # Whole hours are an exact time range: no per-row hour test needed.
+        window = [
+            AccessEvent.time >= time_param(from_ts(first_hour * 3600), dialect),
+            AccessEvent.time < time_param(from_ts(end_hour * 3600), dialect),
+        ]
+    else:
+        # The time range uses the (time) index; the hour expression makes it exact
+        # (SQLite compares the stored text, whose format may differ from the bound one).
+        window = [
+            AccessEvent.time
+            >= time_param(from_ts(first_hour * 3600) - timedelta(minutes=1), dialect),
+            AccessEvent.time < time_param(from_ts(end_hour * 3600) + timedelta(minutes=1), dialect),
+            hour >= first_hour,
+            hour < end_hour,
+        ]
     query = (
         select(
             hour,
@@ -148,12 +162,7 @@ def _aggregate(engine: Engine, connection: Any, first_hour: int, end_hour: int) 
             func.min(AccessEvent.id),
             func.max(AccessEvent.id),
         )
-        .where(
-            AccessEvent.time >= time_param(since, dialect),
-            AccessEvent.time < time_param(until, dialect),
-            hour >= first_hour,
-            hour < end_hour,
-        )
+        .where(*window)
         .group_by(
             hour,
             AccessEvent.issuer,
@@ -233,6 +242,9 @@ def refresh_rollup(
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            # The GROUP BY over a month of log sorts millions of rows: in memory, not in
+            # temporary files (this transaction only; a scan is one batch job at a time).
+            connection.execute(text(f"SET LOCAL work_mem = '{ROLLUP_WORK_MEM}'"))
         else:
             # Take SQLite's write lock now, so two scans cannot interleave their refreshes.
             connection.execute(delete(AnomalyState).where(AnomalyState.key == "-"))
@@ -384,34 +396,35 @@ class SqlSource:
         return [DetailRow(r[0], utc(r[1]).timestamp(), r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def canary_hits(self, start_ts: float, end_ts: float) -> list[CanaryHit]:
+        # Looked up by record id only, times filtered here: with a time range in the same
+        # query the planner intersects the time index (millions of entries) once per
+        # canary, which took minutes on a large log; canaries are few and rarely fetched.
         a, c = AccessEvent, CanaryRecord
-        query = (
-            select(
-                a.id,
-                a.time,
-                a.request_id,
-                a.issuer,
-                a.subject,
-                a.vendor,
-                a.client_ip,
-                a.record_id,
-                a.decision,
-                a.project,
-            )
-            .join(c, c.record_id == a.record_id)
-            .where(
-                a.time >= time_param(from_ts(start_ts), self.dialect),
-                a.time < time_param(from_ts(end_ts), self.dialect),
-                a.time >= c.created_at,
-            )
-            .order_by(a.time, a.id)
-        )
         with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        return [
-            CanaryHit(r[0], utc(r[1]).timestamp(), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-            for r in rows
-        ]
+            marked = dict(connection.execute(select(c.record_id, c.created_at)).all())
+            ids = sorted(marked)
+            rows = []
+            for offset in range(0, len(ids), 1000):
+                query = select(
+                    a.id,
+                    a.time,
+                    a.request_id,
+                    a.issuer,
+                    a.subject,
+                    a.vendor,
+                    a.client_ip,
+                    a.record_id,
+                    a.decision,
+                    a.project,
+                ).where(a.record_id.in_(ids[offset : offset + 1000]))
+                rows.extend(connection.execute(query).all())
+        hits = []
+        for r in rows:
+            ts = utc(r[1]).timestamp()
+            if start_ts <= ts < end_ts and ts >= utc(marked[r[7]]).timestamp():
+                hits.append(CanaryHit(r[0], ts, r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+        hits.sort(key=lambda hit: (hit[1], hit[0]))
+        return hits
 
 
 def hours_for(since: datetime, until: datetime) -> tuple[int, int]:

@@ -35,6 +35,8 @@ class ScanResult:
     rollup: dict[str, Any]
     auto_locks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # Seconds per phase: rollup, detectors, store (for `watch` logs and the benchmark).
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class ScanResult:
             "rollup": self.rollup,
             "auto_locks": self.auto_locks,
             "seconds": round(self.seconds, 2),
+            "phase_seconds": {name: round(value, 2) for name, value in self.phases.items()},
         }
 
 
@@ -75,6 +78,7 @@ def scan(
     rollup = refresh_rollup(
         engine, first_hour, end_hour, late_hours=config.rollup_late_hours, rebuild=rebuild
     )
+    phases = {"rollup": time.monotonic() - started}
     findings = detect(
         SqlSource(engine),
         config,
@@ -83,10 +87,12 @@ def scan(
         on_start=on_start,
         progress=progress,
     )
+    phases["detectors"] = time.monotonic() - started - phases["rollup"]
     if on_phase:
         on_phase("storing alerts")
     stored = upsert_findings(engine, findings)
-    result = ScanResult(since, until, findings, stored, rollup)
+    phases["store"] = time.monotonic() - started - phases["rollup"] - phases["detectors"]
+    result = ScanResult(since, until, findings, stored, rollup, phases=phases)
     result.auto_locks = auto_lock(
         engine, config, stored, exposure_days=exposure_days, gateway_config=gateway_config
     )
