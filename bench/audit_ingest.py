@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import multiprocessing
 import os
-import platform
 import secrets
 import shlex
 import subprocess
@@ -38,6 +37,8 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.report import machine  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- audit_ingest:start -->"
@@ -271,19 +272,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"nproc {len(os.sched_getaffinity(0))}, {cpu}, {platform.system()} {platform.release()}"
-
-
 def _git_state() -> str:
     try:
         head = subprocess.run(
@@ -311,7 +299,7 @@ def section(args: argparse.Namespace, result: dict[str, Any], elapsed: float) ->
         "## Audit ingest: rows/s through AuditWriter, hash chain on (`bench/audit_ingest.py`)",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {_machine()}; Python {platform.python_version()}",
+        f"- machine: {machine()}",
         f"- code measured: {_git_state()}",
         f"- command: `{command}` (whole run {elapsed:.0f}s)",
         f"- store: {result['database']}, migrated to head (append-only trigger on)",

@@ -36,7 +36,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import secrets
 import shlex
 import statistics
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.report import machine  # noqa: E402
 from gateway.db.session import make_engine  # noqa: E402
 from gateway.lockout import create_lock, lift_lock  # noqa: E402
 from tests.conftest import (  # noqa: E402
@@ -373,17 +373,6 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}"
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    nproc = len(os.sched_getaffinity(0))
-    return f"nproc {nproc}, {cpu}, {platform.system()} {platform.release()}"
-
-
 def git_state() -> str:
     def git(*args: str) -> str:
         return subprocess.run(
@@ -610,7 +599,7 @@ def main() -> int:
     )
     context = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{machine()}; Python {platform.python_version()}",
+        "machine": machine(),
         "git": git_state(),
         "command": command,
         "elapsed": f"{elapsed:.0f}s",

@@ -30,7 +30,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import platform
 import random
 import re
 import secrets
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.report import machine  # noqa: E402
 from tests.conftest import AUDIENCE, UPSTREAM_TOKEN, USERS, gateway_config  # noqa: E402
 from tests.support.oidc_client import obtain_tokens  # noqa: E402
 
@@ -1269,17 +1269,6 @@ def results_table(targets: list[Target]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    nproc = len(os.sched_getaffinity(0))
-    return f"nproc {nproc}, {cpu}, {platform.system()} {platform.release()}"
-
-
 def _background_warning(targets: list[Target]) -> list[str]:
     others = [run.cpu.other for t in targets for run in t.runs if run.cpu is not None]
     if not others or max(others) < 0.2:
@@ -1370,7 +1359,7 @@ def write_results(
         "## Proxy overhead: gateway vs bare Flask proxy vs direct (`bench/proxy_overhead.py`)",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {_machine()}; Python {platform.python_version()}",
+        f"- machine: {machine()}",
         f"- versions: {_versions()}",
         f"- code measured: {_git_state()}",
         f"- command: `{command}` (whole run {elapsed:.0f}s)",
