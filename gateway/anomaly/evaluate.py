@@ -280,11 +280,10 @@ def markdown(report: Report) -> str:
     )
     lines += [
         "",
-        "- false alerts by the benign case they fell on: "
-        + (", ".join(f"{kind} {n}" for kind, n in fell_on.most_common()) or "none"),
-        "",
         f"- false alerts per 100 contractor-days: **{per100:.2f}** "
         f"({overall['false_alerts']} over {overall['contractor_days']:,} contractor-days)",
+        "- false alerts by the benign case they fell on: "
+        + (", ".join(f"{kind} {n}" for kind, n in fell_on.most_common()) or "none"),
         f"- lowest family recall: **{ratio(overall['min_family_recall'])}**; goal (recall >= 0.9 "
         f"on every family, <= 1 false alert per 100 contractor-days): "
         f"**{'met' if report.passed() else 'NOT met'}**",
