@@ -211,3 +211,20 @@ def test_escalate_creates_a_lock_in_one_step(gateway: Gateway, alerts: dict[str,
     address = call(gateway, "POST", f"{BASE}/{alerts['prober']}/escalate", "ann", json=body)
     assert address.status_code == 409
     assert call(gateway, "POST", f"{BASE}/999999/escalate", "ann", json=body).status_code == 404
+
+
+def test_refused_large_bodies_keep_the_connection_usable(
+    gateway: Gateway, alerts: dict[str, int]
+) -> None:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {gateway.token('alice')}"
+    path = f"{gateway.url}{BASE}/{alerts['prober']}"
+    for _ in range(3):
+        refused = session.patch(path, json={"notes": "x" * 1_000_000}, timeout=15)
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+        # The next request on the same kept-alive connection is answered, not reset.
+        assert session.get(path, timeout=15).status_code == 403
+    session.headers["Authorization"] = f"Bearer {gateway.token('audrey')}"
+    too_large = session.patch(path, json={"notes": "x" * 200_000}, timeout=15)
+    assert too_large.status_code == 413
+    assert session.get(path, timeout=15).status_code == 200

@@ -11,43 +11,30 @@ import time
 from datetime import UTC
 from typing import Any
 
-import orjson
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.api import openapi
 from gateway.api.auth import ADMIN, actor, error_response, require_role
+from gateway.api.bodies import InvalidRequest, bad_request, json_body, use_json_bodies
 from gateway.policy import store
 from gateway.policy.admin import PolicyAdmin, PolicyValidationError, subject_name
 from gateway.policy.rules import PolicyFileError, Rule, format_instant, parse_instant
 
 admin_blueprint = Blueprint("admin", __name__, url_prefix=openapi.ADMIN_PREFIX)
+use_json_bodies(admin_blueprint)
 
 # Request bodies larger than this are refused before they are read (413).
 MAX_BODY_BYTES = 1024 * 1024
 MAX_POLICY_BODY_BYTES = 40 * 1024 * 1024
-# How much of an oversized body is read and dropped so the client sees the 413 cleanly.
-DRAIN_MAX_BYTES = 64 * 1024 * 1024
 # Times outside these bounds are refused: the policy store writes whole seconds in UTC.
 _EARLIEST = 0.0  # 1970-01-01
 _LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 
 
-class InvalidRequest(Exception):
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
-        self.fields = fields
-
-
-@admin_blueprint.errorhandler(InvalidRequest)
-def _invalid(error: InvalidRequest) -> Any:
-    return _bad_request(error.fields)
-
-
 @admin_blueprint.errorhandler(PolicyValidationError)
 def _refused(error: PolicyValidationError) -> Any:
     rename = _SERVICE_FIELDS.get(request.endpoint or "", {})
-    return _bad_request({rename.get(k, k): v for k, v in error.errors.items()})
+    return bad_request({rename.get(k, k): v for k, v in error.errors.items()})
 
 
 @admin_blueprint.errorhandler(store.StaleVersion)
@@ -59,11 +46,6 @@ def _stale(error: store.StaleVersion) -> Any:
         f"{error.base}: reload and retry",
         current_version=error.current,
     )
-
-
-def _bad_request(fields: dict[str, str]) -> Any:
-    summary = "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
-    return error_response(400, "invalid_request", summary[:2000], fields=fields)
 
 
 # The service names some errors after its own concepts; say which request field they mean.
@@ -82,37 +64,11 @@ def _admin() -> PolicyAdmin:
 
 def _body(schema: str, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The request's JSON object, valid under REQUESTS[schema], or InvalidRequest."""
-    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
-        raise InvalidRequest({"body": "must be JSON, sent as Content-Type: application/json"})
-    if request.content_length is not None and request.content_length > max_bytes:
-        _refuse_too_large(max_bytes)
-    raw = request.stream.read(max_bytes + 1)  # a chunked body has no length to check first
-    if len(raw) > max_bytes:
-        _refuse_too_large(max_bytes)
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest({"body": f"is not valid JSON ({error.msg})"}) from None
+    data = json_body(max_bytes)
     errors = openapi.validate(data, openapi.REQUESTS[schema])
     if errors:
         raise InvalidRequest(errors)
     return data
-
-
-def _refuse_too_large(max_bytes: int) -> None:
-    """413, after reading what the client sends (up to a bound) and dropping it.
-
-    gunicorn drains at most 64 KiB of an unread body and then closes the kept-alive
-    connection without saying so: the client's *next* request on it would fail. Reading the
-    rest keeps the connection usable and lets the client read this answer, not a reset.
-    """
-    remaining = DRAIN_MAX_BYTES
-    while remaining > 0:
-        chunk = request.stream.read(min(64 * 1024, remaining))
-        if not chunk:
-            break
-        remaining -= len(chunk)
-    raise RequestEntityTooLarge(f"the request body is limited to {max_bytes} bytes")
 
 
 def _query(schema: str) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.anomaly.config import DETECTORS, SEVERITIES
 from gateway.anomaly.store import (
@@ -38,11 +37,13 @@ from gateway.anomaly.store import (
     update_alert,
 )
 from gateway.api.auth import ADMIN, AUDITOR, actor, error_response, require_role
+from gateway.api.bodies import InvalidRequest, bad_request, json_object, use_json_bodies
 from gateway.lockout import LockError
 
 log = logging.getLogger(__name__)
 
 alerts_blueprint = Blueprint("alerts", __name__, url_prefix="/_gateway/audit/alerts")
+use_json_bodies(alerts_blueprint)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_ALERT_ID = 2**31 - 1
@@ -60,34 +61,18 @@ _LIST_PARAMS = (
 )
 
 
-class InvalidRequest(Exception):
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
-        self.fields = fields
-
-
-def _bad_request(fields: dict[str, str]) -> Any:
-    summary = "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
-    return error_response(400, "invalid_request", summary[:2000], fields=fields)
-
-
-@alerts_blueprint.errorhandler(InvalidRequest)
-def _invalid(error: InvalidRequest) -> Any:
-    return _bad_request(error.fields)
-
-
 @alerts_blueprint.errorhandler(AlertError)
 def _refused(error: AlertError) -> Any:
     if error.status == 404:
         return error_response(404, "not_found", error.message)
     if error.status == 409:
         return error_response(409, "conflict", error.message)
-    return _bad_request({error.field: error.message})
+    return bad_request({error.field: error.message})
 
 
 @alerts_blueprint.errorhandler(LockError)
 def _lock_refused(error: LockError) -> Any:
-    return _bad_request({error.field: error.message})
+    return bad_request({error.field: error.message})
 
 
 @alerts_blueprint.errorhandler(SQLAlchemyError)
@@ -186,24 +171,6 @@ def _list_query() -> tuple[AlertFilter, int, int | None]:
     return wanted, limit or 100, before
 
 
-def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
-    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
-        raise InvalidRequest({"body": "must be JSON, sent as Content-Type: application/json"})
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise RequestEntityTooLarge(f"the request body is limited to {MAX_BODY_BYTES} bytes")
-    request.max_content_length = MAX_BODY_BYTES
-    try:
-        data = orjson.loads(request.get_data(cache=False))
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest({"body": f"is not valid JSON ({error.msg})"}) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest({"body": "must be a JSON object"})
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise InvalidRequest({name[:100]: "unknown field" for name in unknown[:20]})
-    return data
-
-
 def _alert_id(alert_id: int) -> int:
     if alert_id < 1 or alert_id > MAX_ALERT_ID:
         raise AlertError("alert_id", f"no alert {alert_id}", status=404)
@@ -232,7 +199,7 @@ def show(alert_id: int) -> Any:
 @alerts_blueprint.patch("/<int:alert_id>")
 @require_role(AUDITOR)
 def patch(alert_id: int) -> Any:
-    data = _body(("status", "assignee", "notes"))
+    data = json_object(MAX_BODY_BYTES, ("status", "assignee", "notes"))
     if not data:
         raise InvalidRequest({"body": "give at least one of status, assignee, notes"})
     alert = update_alert(_db(), _alert_id(alert_id), actor=actor(), **data)
@@ -244,7 +211,7 @@ def patch(alert_id: int) -> Any:
 def escalate(alert_id: int) -> Any:
     from gateway.api.locks import parse_ttl
 
-    data = _body(("reason", "kind", "ttl"))
+    data = json_object(MAX_BODY_BYTES, ("reason", "kind", "ttl"))
     fields: dict[str, str] = {}
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason.strip():

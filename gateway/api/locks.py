@@ -16,12 +16,11 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import orjson
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.api.auth import ADMIN, actor, error_response, require_role
+from gateway.api.bodies import InvalidRequest, bad_request, json_object, use_json_bodies
 from gateway.config import Config
 from gateway.lockout import LOCK_KINDS, LockError, create_lock, lift_lock, list_locks
 from gateway.lockout.store import check_target, get_lock, parse_duration
@@ -29,10 +28,9 @@ from gateway.lockout.store import check_target, get_lock, parse_duration
 log = logging.getLogger(__name__)
 
 locks_blueprint = Blueprint("locks", __name__, url_prefix="/_gateway/admin/locks")
+use_json_bodies(locks_blueprint)
 
 MAX_BODY_BYTES = 64 * 1024
-# How much of an unread (refused) body is read and dropped so the connection stays usable.
-DRAIN_MAX_BYTES = 64 * 1024 * 1024
 MAX_REASON_CHARS = 4000
 # A lock meant to outlast this is one to lift by hand; longer TTLs overflow datetimes anyway.
 MAX_TTL = timedelta(days=3650)
@@ -42,24 +40,13 @@ _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no", "")
 
 
-class InvalidRequest(Exception):
-    def __init__(self, fields: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
-        self.fields = fields
-
-
-@locks_blueprint.errorhandler(InvalidRequest)
-def _invalid(error: InvalidRequest) -> Any:
-    return _bad_request(error.fields)
-
-
 @locks_blueprint.errorhandler(LockError)
 def _refused(error: LockError) -> Any:
     if error.status == 404:
         return error_response(404, "not_found", error.message)
     if error.status == 409:
         return error_response(409, "already_lifted", error.message)
-    return _bad_request({error.field: error.message})
+    return bad_request({error.field: error.message})
 
 
 @locks_blueprint.errorhandler(SQLAlchemyError)
@@ -68,54 +55,7 @@ def _database(error: SQLAlchemyError) -> Any:
     return error_response(503, "database_unavailable", "the lock store cannot be reached")
 
 
-@locks_blueprint.after_request
-def _drain_body(response: Response) -> Response:
-    """Read and drop what is left of the request body (up to a bound), whatever the answer.
-
-    A refusal (401, 403, 413, a bad content type) is sent without reading the body; gunicorn
-    drains only 64 KiB of an unread body before it closes the kept-alive connection without
-    saying so, and the client's next request on it fails. (Same fix as gateway.api.admin.)
-    """
-    remaining = DRAIN_MAX_BYTES
-    try:
-        while remaining > 0:
-            chunk = request.stream.read(min(64 * 1024, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-    except Exception:  # a client that went away; the answer stands
-        log.debug("request body not drained", exc_info=True)
-    return response
-
-
-def _bad_request(fields: dict[str, str]) -> Any:
-    summary = "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
-    return error_response(400, "invalid_request", summary[:2000], fields=fields)
-
-
 # --- input --------------------------------------------------------------------------------
-
-
-def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The request's JSON object with only `allowed` keys, or InvalidRequest."""
-    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
-        raise InvalidRequest({"body": "must be JSON, sent as Content-Type: application/json"})
-    too_large = RequestEntityTooLarge(f"the request body is limited to {MAX_BODY_BYTES} bytes")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
-    raw = request.stream.read(MAX_BODY_BYTES + 1)  # a chunked body has no length to check first
-    if len(raw) > MAX_BODY_BYTES:
-        raise too_large
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest({"body": f"is not valid JSON ({error.msg})"}) from None
-    if not isinstance(data, dict):
-        raise InvalidRequest({"body": "must be a JSON object"})
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise InvalidRequest({name[:100]: "unknown field" for name in unknown[:20]})
-    return data
 
 
 def _reason(data: dict[str, Any], fields: dict[str, str]) -> str | None:
@@ -143,7 +83,7 @@ def parse_ttl(value: str) -> timedelta:
 
 
 def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None]:
-    data = _body(("kind", "target", "reason", "ttl"))
+    data = json_object(MAX_BODY_BYTES, ("kind", "target", "reason", "ttl"))
     fields: dict[str, str] = {}
     kind = data.get("kind")
     if kind is None:
@@ -253,7 +193,7 @@ def show(lock_id: int) -> Any:
 @locks_blueprint.post("/<int:lock_id>/lift")
 @require_role(ADMIN)
 def lift(lock_id: int) -> Any:
-    data = _body(("reason",))
+    data = json_object(MAX_BODY_BYTES, ("reason",))
     fields: dict[str, str] = {}
     reason = _reason(data, fields)
     if fields:
