@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.anomaly.config import (
+    AnomalyConfig,
+    AnomalyConfigError,
+    parse_anomaly_table,
+    resolve_anomaly_paths,
+)
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "policies" / "model.conf"
 
@@ -151,6 +158,9 @@ class Config:
     gateway: GatewaySettings = GatewaySettings()
     projects: tuple[ProjectConfig, ...] = ()
     lockout: LockoutConfig = LockoutConfig()
+    # Detector thresholds for `gateway anomalies` (validated here, so a bad table stops
+    # the gateway and every command at start-up, not the first scan).
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -207,6 +217,7 @@ def load_config(
         raise ConfigError("GATEWAY_CONFIG", f"file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("GATEWAY_CONFIG", f"{path} is not valid TOML: {error}") from None
+    resolve_anomaly_paths(raw.get("anomaly"), path)
     apply_env_overrides(raw, environ)
     return parse_config(raw, environ)
 
@@ -222,6 +233,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         "gateway",
         "projects",
         "lockout",
+        "anomaly",
     }
     for key in raw:
         if key not in known:
@@ -263,7 +275,17 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         gateway=_build(GatewaySettings, gateway_raw, "gateway"),
         projects=_projects(raw),
         lockout=_build(LockoutConfig, raw.get("lockout", {}), "lockout"),
+        anomaly=_anomaly(raw.get("anomaly")),
     )
+
+
+def _anomaly(raw: Any) -> AnomalyConfig:
+    try:
+        return parse_anomaly_table(raw)
+    except AnomalyConfigError as error:
+        raise ConfigError(
+            f"anomaly.{error.key}" if error.key else "anomaly", error.problem
+        ) from None
 
 
 def _policy(raw: Any) -> PolicyConfig:

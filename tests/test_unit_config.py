@@ -544,3 +544,24 @@ def test_parse_config_does_not_mutate_input(monkeypatch: pytest.MonkeyPatch) -> 
     before = copy.deepcopy(raw)
     parse_config(raw)
     assert raw == before
+
+
+def test_anomaly_table_is_part_of_the_gateway_config(tmp_path: Path) -> None:
+    # The gateway itself starts with thresholds in its file (and validates them).
+    path = tmp_path / "gateway.toml"
+    path.write_text(MINIMAL_TOML + '\n[anomaly]\nvolume_own_z = 6.5\nip_locations = "places.csv"\n')
+    config = load_config(path, environ={"UNIT_UPSTREAM_TOKEN": "tok"})
+    assert config.anomaly.volume_own_z == 6.5
+    assert config.anomaly.ip_locations == str(tmp_path / "places.csv")
+    overridden = load_config(
+        path, environ={"UNIT_UPSTREAM_TOKEN": "tok", "GATEWAY_ANOMALY__VOLUME_OWN_Z": "8"}
+    )
+    assert overridden.anomaly.volume_own_z == 8.0
+    for table, key in [
+        ({"volume_own_z": "high"}, "anomaly.volume_own_z"),
+        ({"telepathy": 1}, "anomaly.telepathy"),
+        ({"auto_lock_detectors": ["nope"]}, "anomaly.auto_lock_detectors"),
+    ]:
+        error = refused({**base_raw(), "anomaly": table})
+        assert error.key == key, error
+    assert refused({**base_raw(), "anomaly": "on"}).key == "anomaly"

@@ -1,9 +1,9 @@
 """Detector thresholds: a dataclass of defaults, optionally overridden by an `[anomaly]` table.
 
-The table is read straight from the raw TOML (the gateway's own config parser does not
-know it), from the gateway config file or from a separate file (`--thresholds FILE` or
-`GATEWAY_ANOMALY_CONFIG`) holding the same `[anomaly]` table. Environment variables
-`GATEWAY_ANOMALY__<KEY>=value` override single keys, like the rest of the gateway config.
+The table sits in the gateway config file (which validates it at start-up too), or in a
+separate file (`--thresholds FILE` or `GATEWAY_ANOMALY_CONFIG`) holding the same
+`[anomaly]` table, which wins. Environment variables `GATEWAY_ANOMALY__<KEY>=value`
+override single keys, like the rest of the gateway config.
 
     [anomaly]
     volume_own_z = 6.0
@@ -190,16 +190,14 @@ def parse_anomaly_table(raw: Any) -> AnomalyConfig:
     return config
 
 
-def _env_overrides(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    prefix = "GATEWAY_ANOMALY__"
-    for name, text in environ.items():
-        if name.startswith(prefix) and len(name) > len(prefix):
-            try:
-                value = tomllib.loads(f"v = {text}")["v"]
-            except tomllib.TOMLDecodeError:
-                value = text
-            table[name[len(prefix) :].lower()] = value
-    return table
+def resolve_anomaly_paths(table: Any, config_file: str | os.PathLike[str]) -> None:
+    """A relative `ip_locations` is taken from the directory of the file that sets it."""
+    if not isinstance(table, dict):
+        return
+    locations = table.get("ip_locations")
+    if isinstance(locations, str) and locations and not os.path.isabs(locations):
+        base = os.path.dirname(os.path.abspath(config_file))
+        table["ip_locations"] = os.path.join(base, locations)
 
 
 def read_anomaly_table(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -216,10 +214,9 @@ def read_anomaly_table(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     table = raw.get("anomaly", {})
     if not isinstance(table, dict):
         raise AnomalyConfigError("", "must be a table")
-    locations = table.get("ip_locations")
-    if isinstance(locations, str) and locations and not os.path.isabs(locations):
-        table["ip_locations"] = os.path.join(os.path.dirname(os.path.abspath(path)), locations)
-    return dict(table)
+    table = dict(table)
+    resolve_anomaly_paths(table, path)
+    return table
 
 
 def load_anomaly_config(
@@ -228,33 +225,12 @@ def load_anomaly_config(
     environ: Mapping[str, str] | None = None,
 ) -> AnomalyConfig:
     """Defaults ← `[anomaly]` of the gateway config ← thresholds file ← environment."""
+    from gateway.config import apply_env_overrides
+
     env = os.environ if environ is None else environ
     table = read_anomaly_table(config_path or env.get("GATEWAY_CONFIG"))
     table.update(read_anomaly_table(thresholds_path or env.get("GATEWAY_ANOMALY_CONFIG")))
-    return parse_anomaly_table(_env_overrides(table, env))
-
-
-def load_gateway_config(path: str | None, environ: Mapping[str, str] | None = None) -> Any:
-    """The gateway Config, also when the file carries an `[anomaly]` table.
-
-    `gateway.config.parse_config` refuses unknown sections, so the table (and any
-    `GATEWAY_ANOMALY__*` override) is taken out before the rest is parsed as usual.
-    """
-    from gateway.config import ConfigError, apply_env_overrides, parse_config
-
-    env = dict(os.environ if environ is None else environ)
-    path = path or env.get("GATEWAY_CONFIG")
-    if not path:
-        raise ConfigError(
-            "GATEWAY_CONFIG", "no configuration file given (--config or GATEWAY_CONFIG)"
-        )
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError("GATEWAY_CONFIG", f"file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError("GATEWAY_CONFIG", f"{path} is not valid TOML: {error}") from None
-    apply_env_overrides(raw, env)
-    raw.pop("anomaly", None)
-    return parse_config(raw, env)
+    # GATEWAY_ANOMALY__<KEY> last, parsed like every other GATEWAY_<SECTION>__<KEY>.
+    raw = {"anomaly": table}
+    apply_env_overrides(raw, {k: v for k, v in env.items() if k.startswith("GATEWAY_ANOMALY__")})
+    return parse_anomaly_table(raw["anomaly"])

@@ -72,10 +72,10 @@ def anomaly_errors(function: F) -> F:
 
 @contextmanager
 def database(config_path: str | None) -> Iterator[tuple[Any, Engine]]:
-    from gateway.anomaly.config import load_gateway_config
+    from gateway.config import load_config
     from gateway.db.session import make_engine
 
-    config = load_gateway_config(config_path)
+    config = load_config(config_path)
     engine = make_engine(config.database_url, pool_size=2)
     try:
         yield config, engine
