@@ -8,6 +8,7 @@ A deterministic team of six contractors works weekdays 09-17 UTC for three weeks
 from __future__ import annotations
 
 import random
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from gateway.anomaly.config import (
     parse_anomaly_table,
 )
 from gateway.anomaly.data import MemorySource, Request, classify
-from gateway.anomaly.detectors import Finding, detect, sequence_stats, spearman
+from gateway.anomaly.detectors import Finding, detect, median_without, sequence_stats, spearman
 from gateway.anomaly.locations import load_locations
 
 START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()  # a Monday
@@ -464,6 +465,46 @@ def test_locations_longest_prefix_and_bad_files(tmp_path: Path, places: str) -> 
         assert error.value.key == "ip_locations"
     with pytest.raises(AnomalyConfigError, match="does not exist"):
         load_locations(tmp_path / "missing.csv")
+
+
+def test_locations_files_as_they_come(tmp_path: Path) -> None:
+    path = tmp_path / "geo.csv"
+    # A byte-order mark, spaced headers, GeoLite2-style columns and accuracy, a row
+    # without coordinates, and a second file's header (IPv4 and IPv6 files concatenated).
+    path.write_text(
+        "\ufeffnetwork, geoname_id ,latitude,longitude,accuracy_radius\n"
+        "10.1.0.0/16,1,52.52,13.40,20\n"
+        "10.2.0.0/16,2,,,\n"
+        "network,geoname_id,latitude,longitude,accuracy_radius\n"
+        "2001:db8::/32,3,40.71,-74.01,1000\n",
+        encoding="utf-8",
+    )
+    table = load_locations(path)
+    assert len(table) == 2
+    berlin = table.lookup("::ffff:10.1.2.3")  # IPv4-mapped, as a dual-stack socket sees it
+    assert berlin is not None and berlin.accuracy_km == 20
+    assert table.lookup("10.2.0.1") is None
+    new_york = table.lookup("2001:db8::7")
+    assert new_york is not None
+    # The least distance the two can be apart, given how accurate each place is.
+    assert new_york.km_apart(berlin) == pytest.approx(berlin.km_to(new_york) - 1020)
+    short = tmp_path / "short.csv"
+    short.write_text("network,latitude,longitude\n10.0.0.0/8,52.5\n")
+    with pytest.raises(AnomalyConfigError, match="line 2"):
+        load_locations(short)
+
+
+def test_median_without_equals_the_median_of_the_difference() -> None:
+    rng = random.Random(3)
+    for _ in range(2000):
+        values = sorted(rng.randint(0, 9) for _ in range(rng.randint(1, 25)))
+        removed = sorted(rng.sample(values, rng.randint(0, len(values) - 1)))
+        rest = list(values)
+        for value in removed:
+            rest.remove(value)
+        assert median_without(values, removed) == statistics.median(rest)
+    with pytest.raises(ValueError):
+        median_without([1, 2], [1, 2])
 
 
 def test_ip_locations_path_is_relative_to_its_config_file(tmp_path: Path, places: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import os
 import statistics
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.anomaly.config import SEVERITIES, AnomalyConfig
+from gateway.anomaly.config import SEVERITIES, AnomalyConfig, AnomalyConfigError
 from gateway.anomaly.data import (
+    KINDS,
     PROBE_KINDS,
     DetailRow,
     Hour,
@@ -41,6 +43,7 @@ from gateway.anomaly.locations import IpLocations, load_locations
 
 # A slow-exfiltration episode that started up to this many days before `since` keeps its
 # key (its first day); the scan loads this much more history for it.
+log = logging.getLogger(__name__)
 EPISODE_DAYS = 14
 EVIDENCE_ROWS = 20
 MAD_SCALE = 1.4826
@@ -116,6 +119,8 @@ def median_without(values: Sequence[float], removed: Sequence[float]) -> float:
     """Median of the sorted multiset `values` less the sorted sub-multiset `removed`
     (equal to `statistics.median` of the difference), in O(log² n)."""
     size = len(values) - len(removed)
+    if size <= 0:
+        raise ValueError("the median of nothing")
 
     def kth(k: int) -> float:
         # The smallest value v with at least k + 1 remaining elements <= v.
@@ -936,13 +941,13 @@ def impossible_travel(series: Series, peers: Peers, ctx: Context) -> list[Findin
         for ip, (first, last, _) in series.hours[hour].ips.items():
             place = ctx.locations.lookup(ip)
             if place is not None:
-                sightings.append((first, last, ip or "-", place))
+                sightings.append((first, last, ip or "-", place, hour))
     sightings.sort(key=lambda s: (s[0], s[1]))
     jumps: dict[int, tuple[Any, ...]] = {}
     latest = None
     for sighting in sightings:
         if latest is not None and sighting[3] != latest[3] and sighting[0] >= ctx.since_hour * 3600:
-            km = latest[3].km_to(sighting[3])
+            km = latest[3].km_apart(sighting[3])
             hours = max(sighting[0] - latest[1], 0.0) / 3600
             speed = km / max(hours, 1 / 60)
             if km >= c.travel_min_km and speed > c.travel_max_kmh:
@@ -966,17 +971,17 @@ def impossible_travel(series: Series, peers: Peers, ctx: Context) -> list[Findin
                 series.who,
                 start,
                 end + 60,
-                (math.floor(after[0] / 3600) + 1) * 3600,
+                (after[4] + 1) * 3600,
                 speed / c.travel_max_kmh,
                 explanation,
                 f"impossible_travel:{series.who.key}:{day_text(day)}",
-                project=series.hours[math.floor(after[0] / 3600)].project,
+                project=series.hours[after[4]].project,
                 evidence={
                     "addresses": [before[2], after[2]],
                     "places": [before[3].name, after[3].name],
                     "km": round(km),
                 },
-                evidence_kinds=("read", "annotate", "other"),
+                evidence_kinds=KINDS,
             )
         )
     return found
@@ -1197,22 +1202,33 @@ def attach_evidence(source: LogSource, findings: Iterable[Finding]) -> None:
         evidence["query"] = query
 
 
-_locations_cache: dict[tuple[str, float], IpLocations] = {}
+_locations_cache: dict[str, tuple[float, IpLocations]] = {}
 
 
 def locations_for(config: AnomalyConfig) -> IpLocations | None:
-    """The `ip_locations` table, read again only when the file changes (`watch`)."""
-    if not config.ip_locations:
+    """The `ip_locations` table, read again when the file changes. A file that breaks
+    while `watch` runs keeps the last good table (with a warning) instead of stopping
+    every detector; with no good table yet, the error names the problem."""
+    path = config.ip_locations
+    if not path:
         return None
     try:
-        mtime = os.stat(config.ip_locations).st_mtime
+        mtime = os.stat(path).st_mtime
     except OSError:
         mtime = -1.0  # load_locations names the problem
-    key = (config.ip_locations, mtime)
-    if key not in _locations_cache:
-        _locations_cache.clear()
-        _locations_cache[key] = load_locations(config.ip_locations)
-    return _locations_cache[key]
+    cached = _locations_cache.get(path)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    try:
+        table = load_locations(path)
+    except AnomalyConfigError as error:
+        if cached is None:
+            raise
+        log.warning("%s; keeping the locations read before", error)
+        return cached[1]
+    _locations_cache.clear()
+    _locations_cache[path] = (mtime, table)
+    return table
 
 
 def lookback_days(config: AnomalyConfig) -> int:

@@ -47,8 +47,6 @@ from gateway.anomaly.data import (
 from gateway.db.models import AccessEvent, AnomalyHourly, AnomalyState, CanaryRecord
 
 ROLLUP_STATE = "rollup"
-# Rollup hours kept before the oldest hour the latest scan needed.
-KEEP_EXTRA_HOURS = 7 * 24
 ROLLUP_WORK_MEM = "256MB"
 # A scan and `watch` must not refresh the same hours at once (PostgreSQL advisory lock).
 _LOCK_KEY = 0x616E6F6D  # "anom"
@@ -266,12 +264,6 @@ def refresh_rollup(
         for start, stop in stretches:
             inserted += _aggregate(engine, connection, start, stop)
             done.append((start, stop))
-        # Hours well before what this scan needs are dropped: the rollup stays the size
-        # of the scan window (an older window is re-aggregated from the log on demand).
-        keep_from = first_hour - KEEP_EXTRA_HOURS
-        if covered[0] < keep_from:
-            connection.execute(delete(AnomalyHourly).where(AnomalyHourly.hour < keep_from))
-            covered = (keep_from, covered[1])
         set_state(connection, ROLLUP_STATE, {"from": covered[0], "until": covered[1]})
     return {"aggregated_hours": sum(b - a for a, b in done), "rollup_rows": inserted}
 

@@ -21,11 +21,12 @@ from gateway.policy.admin import PolicyAdmin, PolicyValidationError, subject_nam
 from gateway.policy.rules import PolicyFileError, Rule, format_instant, parse_instant
 
 admin_blueprint = Blueprint("admin", __name__, url_prefix=openapi.ADMIN_PREFIX)
-use_json_bodies(admin_blueprint)
 
 # Request bodies larger than this are refused before they are read (413).
 MAX_BODY_BYTES = 1024 * 1024
 MAX_POLICY_BODY_BYTES = 40 * 1024 * 1024
+use_json_bodies(admin_blueprint)
+
 # Times outside these bounds are refused: the policy store writes whole seconds in UTC.
 _EARLIEST = 0.0  # 1970-01-01
 _LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z

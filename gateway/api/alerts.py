@@ -43,9 +43,9 @@ from gateway.lockout import LockError
 log = logging.getLogger(__name__)
 
 alerts_blueprint = Blueprint("alerts", __name__, url_prefix="/_gateway/audit/alerts")
-use_json_bodies(alerts_blueprint)
 
 MAX_BODY_BYTES = 64 * 1024
+use_json_bodies(alerts_blueprint)
 MAX_ALERT_ID = 2**31 - 1
 _LIST_PARAMS = (
     "status",

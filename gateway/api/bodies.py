@@ -4,10 +4,10 @@
 - `json_body(max_bytes)` reads at most `max_bytes` (413 beyond, also for chunked bodies
   that announce no length) and insists on a JSON object;
 - every answer of a blueprint set up with `use_json_bodies` first reads and drops what is
-  left of the request body (up to a bound): a refusal (401, 403, 413, a bad content type)
-  is sent without reading it, and gunicorn drains only 64 KiB of an unread body before it
-  closes the kept-alive connection without saying so: the client's next request on it
-  would fail.
+  left of the request body (up to DRAIN_MAX_BYTES): a refusal
+  (401, 403, 413, a bad content type) is sent without reading it, and gunicorn drains
+  only 64 KiB of an unread body before it closes the kept-alive connection without saying
+  so: the client's next request on it would fail.
 """
 
 from __future__ import annotations
@@ -39,9 +39,13 @@ def bad_request(fields: dict[str, str]) -> Any:
     return error_response(400, "invalid_request", summary[:2000], fields=fields)
 
 
-def drain_body(response: Response) -> Response:
-    """Read and drop what is left of the request body (up to a bound), whatever the answer."""
-    remaining = DRAIN_MAX_BYTES
+def drain_body(response: Response, limit: int) -> Response:
+    """Read and drop what is left of the request body, whatever the answer, up to
+    `limit` bytes; a body announced larger is left unread (the server then closes the
+    connection, which such a client has earned)."""
+    if request.content_length is not None and request.content_length > limit:
+        return response
+    remaining = limit
     try:
         while remaining > 0:
             chunk = request.stream.read(min(64 * 1024, remaining))
@@ -56,7 +60,7 @@ def drain_body(response: Response) -> Response:
 def use_json_bodies(blueprint: Blueprint) -> None:
     """400 for InvalidRequest, and the body drained after every answer."""
     blueprint.register_error_handler(InvalidRequest, lambda error: bad_request(error.fields))
-    blueprint.after_request(drain_body)
+    blueprint.after_request(lambda response: drain_body(response, DRAIN_MAX_BYTES))
 
 
 def json_body(max_bytes: int) -> Any:

@@ -28,9 +28,9 @@ from gateway.lockout.store import check_target, get_lock, parse_duration
 log = logging.getLogger(__name__)
 
 locks_blueprint = Blueprint("locks", __name__, url_prefix="/_gateway/admin/locks")
-use_json_bodies(locks_blueprint)
 
 MAX_BODY_BYTES = 64 * 1024
+use_json_bodies(locks_blueprint)
 MAX_REASON_CHARS = 4000
 # A lock meant to outlast this is one to lift by hand; longer TTLs overflow datetimes anyway.
 MAX_TTL = timedelta(days=3650)

@@ -85,8 +85,11 @@ def database(config_path: str | None) -> Iterator[tuple[Any, Engine]]:
 
 def thresholds(config_path: str | None, thresholds_path: str | None) -> AnomalyConfig:
     from gateway.anomaly.config import load_anomaly_config
+    from gateway.anomaly.detectors import locations_for
 
-    return load_anomaly_config(config_path, thresholds_path)
+    anomaly = load_anomaly_config(config_path, thresholds_path)
+    locations_for(anomaly)  # a bad locations file stops the command here, named
+    return anomaly
 
 
 def parse_moment(text: str | None, option: str, now: datetime) -> datetime | None:
