@@ -932,7 +932,7 @@ def impossible_travel(series: Series, peers: Peers, ctx: Context) -> list[Findin
     if ctx.locations is None:
         return []
     c = ctx.config
-    # (first, last, address, place) of every located address, hour by hour; the day
+    # (first, last, address, place, hour) of every located address, hour by hour; the day
     # before `since` too, so a jump across the boundary is seen.
     sightings = []
     for hour in sorted(series.hours):
