@@ -78,7 +78,15 @@ def scan(
     rollup = refresh_rollup(
         engine, first_hour, end_hour, late_hours=config.rollup_late_hours, rebuild=rebuild
     )
-    phases = {"rollup": time.monotonic() - started}
+    phases: dict[str, float] = {}
+    mark = started
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name], mark = now - mark, now
+
+    lap("rollup")
     findings = detect(
         SqlSource(engine),
         config,
@@ -87,11 +95,11 @@ def scan(
         on_start=on_start,
         progress=progress,
     )
-    phases["detectors"] = time.monotonic() - started - phases["rollup"]
+    lap("detectors")
     if on_phase:
         on_phase("storing alerts")
     stored = upsert_findings(engine, findings)
-    phases["store"] = time.monotonic() - started - phases["rollup"] - phases["detectors"]
+    lap("store")
     result = ScanResult(since, until, findings, stored, rollup, phases=phases)
     result.auto_locks = auto_lock(
         engine, config, stored, exposure_days=exposure_days, gateway_config=gateway_config
