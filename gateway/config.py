@@ -93,6 +93,8 @@ class RouteConfig:
     record_task: str | None = None
     project: str | None = None
     query_params: tuple[str, ...] | None = None
+    # More records than this in one response is refused: each costs an access row.
+    max_records: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -482,6 +484,11 @@ def _route(raw: dict[str, Any], key: str) -> RouteConfig:
         not isinstance(query, list) or not all(isinstance(q, str) for q in query)
     ):
         raise ConfigError(f"{key}.query_params", "must be a list of parameter names")
+    max_records = raw.get("max_records", RouteConfig.max_records)
+    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+        raise ConfigError(f"{key}.max_records", "must be a positive integer")
+    if "max_records" in raw and not records:
+        raise ConfigError(f"{key}.max_records", "needs 'records' and 'record_id'")
     return RouteConfig(
         path=path,
         methods=tuple(methods),
@@ -492,4 +499,5 @@ def _route(raw: dict[str, Any], key: str) -> RouteConfig:
         record_task=_str(raw.get("record_task"), f"{key}.record_task", optional=True),
         project=project,
         query_params=tuple(query) if query is not None else None,
+        max_records=max_records,
     )

@@ -10,17 +10,18 @@ is committed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 import secrets
+import select
+import socket
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
-import urllib3
 from werkzeug.wrappers import Request, Response
 
 from gateway.audit import AuditUnavailable, AuditWriter
@@ -36,6 +37,7 @@ from gateway.routemap.normalise import split_request_target
 from gateway.upstream import (
     Upstream,
     UpstreamError,
+    UpstreamResponse,
     request_headers_for_upstream,
     response_headers_for_client,
 )
@@ -77,11 +79,28 @@ class RequestContext:
     client_ip: str | None
     user_agent: str | None
     target_error: str | None = None
+    client_socket: Any = None
     principal: Principal | None = None
     match: RouteMatch | None = None
     policy_version: int | None = None
     # (project, task) pairs already allowed for this request, so records need no second check.
     prechecked: set[tuple[str, str]] = field(default_factory=set)
+
+    def client_gone(self) -> bool:
+        """True when the client has closed its end (peeked, nothing consumed)."""
+        sock = self.client_socket
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            # Readable with nothing to read is an orderly close; data is a pipelined request.
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (OSError, ValueError):
+            return True
 
     def row(self, *, decision: str, reason: str | None, **fields: Any) -> dict[str, Any]:
         principal, match = self.principal, self.match
@@ -188,6 +207,7 @@ class Pipeline:
             client_ip=self._client_ip(request),
             user_agent=request.headers.get("User-Agent"),
             target_error=target_error,
+            client_socket=environ.get("gunicorn.socket"),
         )
 
     def _client_ip(self, request: Request) -> str | None:
@@ -291,7 +311,7 @@ class Pipeline:
             raise Denial(403, "forbidden", "not allowed by policy", reason=decision.reason)
         ctx.prechecked.add((match.project, match.task))
 
-    def _forward(self, ctx: RequestContext, request: Request) -> urllib3.BaseHTTPResponse:
+    def _forward(self, ctx: RequestContext, request: Request) -> UpstreamResponse:
         match, principal = ctx.match, ctx.principal
         assert match is not None and principal is not None
         headers = request_headers_for_upstream(request.headers.items())
@@ -311,29 +331,40 @@ class Pipeline:
         )
         body = None
         if ctx.method in ("POST", "PUT", "PATCH", "DELETE"):
-            length = request.content_length
-            if length is not None and length > MAX_REQUEST_BODY:
-                raise Denial(413, "body_too_large", "request body is too large")
-            body = request.get_data(cache=False)
-            if len(body) > MAX_REQUEST_BODY:
-                raise Denial(413, "body_too_large", "request body is too large")
+            body = _read_request_body(request)
         try:
             return self.upstream.send(ctx.method, match.path, ctx.query, headers, body)
         except UpstreamError as error:
-            raise Denial(error.status, error.error, error.message, reason=error.error) from None
+            raise Denial(error.status, error.error, error.message, reason=error.reason) from None
 
     def _release_records(
-        self, ctx: RequestContext, upstream_response: urllib3.BaseHTTPResponse
+        self, ctx: RequestContext, upstream_response: UpstreamResponse
     ) -> Response:
-        match, principal = ctx.match, ctx.principal
-        assert match is not None and principal is not None and match.route.records is not None
+        """Parse, account for and release a record body; released bytes are what was logged.
+
+        The body goes out re-serialised from the parsed value that was hashed and logged,
+        never as the upstream's bytes: a duplicate key or a second copy of the records
+        array must not let a client's parser see something other than what the log holds.
+        """
+        match = ctx.match
+        assert match is not None and match.route.records is not None
         spec = match.route.records
+        with upstream_response:
+            if _has_no_body(ctx.method, upstream_response.status):
+                upstream_response.read(0)
+                return self._release_empty(ctx, upstream_response)
+            try:
+                raw = upstream_response.read_decoded(self.config.upstream.max_record_body_bytes)
+            except UpstreamError as error:
+                log.warning("record route %s: %s", match.path, error.message)
+                raise Denial(
+                    error.status, error.error, error.message, reason=error.reason
+                ) from None
         try:
-            raw = _read_capped(upstream_response, self.config.upstream.max_record_body_bytes)
             body = orjson.loads(raw)
             selected, records = extract_records(spec, body)
-        except (orjson.JSONDecodeError, RecordError, _TooLarge) as error:
-            reason = "upstream_too_large" if isinstance(error, _TooLarge) else "upstream_malformed"
+        except (orjson.JSONDecodeError, RecordError) as error:
+            reason = error.reason if isinstance(error, RecordError) else "upstream_malformed"
             log.warning("record route %s: %s", match.path, error)
             raise Denial(
                 502,
@@ -341,15 +372,60 @@ class Pipeline:
                 "the dataset service returned a body the gateway cannot account for",
                 reason=reason,
             ) from None
-        finally:
-            upstream_response.release_conn()
         keep = [self._record_allowed(ctx, record) for record in records]
-        # Everything but the record's own facts is shared by the request's rows.
-        base = ctx.row(
-            decision="allow", reason="released", upstream_status=upstream_response.status
+        rows = self._record_rows(ctx, records, keep, upstream_response.status)
+        if not all(keep):
+            if spec.single:
+                self.audit.write(rows)
+                return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
+            try:
+                remove_records(spec, body, selected, keep)
+            except RecordError as error:
+                raise Denial(
+                    502, "bad_upstream_response", str(error), reason="unfilterable"
+                ) from None
+        try:
+            released = orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            raise Denial(
+                502,
+                "bad_upstream_response",
+                "the dataset service returned a body the gateway cannot account for",
+                reason="upstream_malformed",
+            ) from None
+        if not rows:
+            rows.append(
+                ctx.row(
+                    decision="allow",
+                    reason="no_records",
+                    upstream_status=upstream_response.status,
+                    bytes=len(released),
+                )
+            )
+        self._commit_before_release(ctx, rows)
+        response = Response(
+            released,
+            status=upstream_response.status,
+            headers=response_headers_for_client(
+                upstream_response.headers.items(), body_rewritten=True
+            ),
         )
+        response.headers["X-Request-Id"] = ctx.request_id
+        return response
+
+    def _record_rows(
+        self,
+        ctx: RequestContext,
+        records: list[ExtractedRecord],
+        keep: list[bool],
+        upstream_status: int,
+    ) -> list[dict[str, Any]]:
+        match = ctx.match
+        assert match is not None
+        # Everything but the record's own facts is shared by the request's rows.
+        base = ctx.row(decision="allow", reason="released", upstream_status=upstream_status)
         route_task = match.task if match.task != "*" else None
-        rows = [
+        return [
             {
                 **base,
                 "project": record.project or match.project,
@@ -371,36 +447,40 @@ class Pipeline:
             }
             for record, kept in zip(records, keep, strict=True)
         ]
-        if not all(keep):
-            if spec.single:
-                self.audit.write(rows)
-                return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
-            try:
-                remove_records(spec, body, selected, keep)
-            except RecordError as error:
-                raise Denial(
-                    502, "bad_upstream_response", str(error), reason="unfilterable"
-                ) from None
-            raw = orjson.dumps(body)
-        if not rows:
-            rows.append(
+
+    def _release_empty(self, ctx: RequestContext, upstream_response: UpstreamResponse) -> Response:
+        """A record route answered without a body (204, HEAD): nothing to account for."""
+        self._commit_before_release(
+            ctx,
+            [
                 ctx.row(
                     decision="allow",
                     reason="no_records",
                     upstream_status=upstream_response.status,
-                    bytes=len(raw),
+                    bytes=0,
                 )
-            )
-        # A lock may have landed while the upstream answered: nothing of theirs leaves.
-        self._check_locks(ctx, match.project)
-        self.audit.write(rows)
+            ],
+        )
         response = Response(
-            raw,
+            b"",
             status=upstream_response.status,
-            headers=response_headers_for_client(upstream_response.headers.items()),
+            headers=response_headers_for_client(
+                upstream_response.headers.items(), body_rewritten=True
+            ),
         )
         response.headers["X-Request-Id"] = ctx.request_id
         return response
+
+    def _commit_before_release(self, ctx: RequestContext, rows: list[dict[str, Any]]) -> None:
+        """Last checks, then the rows are durably committed; only then may bytes leave."""
+        assert ctx.match is not None
+        # A lock may have landed while the upstream answered: nothing of theirs leaves.
+        self._check_locks(ctx, ctx.match.project)
+        if ctx.client_gone():
+            # Whoever asked has hung up (a queued request behind slow clients, a timeout):
+            # logging these records as released would claim a delivery that cannot happen.
+            raise Denial(499, "client_gone", "the client closed the connection")
+        self.audit.write(rows)
 
     def _record_allowed(self, ctx: RequestContext, record: ExtractedRecord) -> bool:
         match, principal = ctx.match, ctx.principal
@@ -422,9 +502,7 @@ class Pipeline:
             ctx.prechecked.add((project, task))
         return decision.allowed
 
-    def _release_stream(
-        self, ctx: RequestContext, upstream_response: urllib3.BaseHTTPResponse
-    ) -> Response:
+    def _release_stream(self, ctx: RequestContext, upstream_response: UpstreamResponse) -> Response:
         match = ctx.match
         assert match is not None
         length = upstream_response.headers.get("Content-Length")
@@ -437,12 +515,12 @@ class Pipeline:
             bytes=int(length) if length and length.isdigit() else None,
         )
         try:
-            self.audit.write([row])
-        except AuditUnavailable:
-            upstream_response.release_conn()
+            self._commit_before_release(ctx, [row])
+        except BaseException:
+            upstream_response.close()
             raise
         response = Response(
-            self._guarded_stream(ctx, upstream_response),
+            GuardedStream(self, ctx, upstream_response),
             status=upstream_response.status,
             headers=response_headers_for_client(upstream_response.headers.items()),
             direct_passthrough=True,
@@ -452,38 +530,77 @@ class Pipeline:
         response.headers["X-Request-Id"] = ctx.request_id
         return response
 
-    def _guarded_stream(
-        self, ctx: RequestContext, response: urllib3.BaseHTTPResponse
-    ) -> Iterator[bytes]:
+
+class GuardedStream:
+    """A streamed body that a lock can cut and that always settles its upstream connection.
+
+    A class rather than a generator: the server calls `close()` even when it never
+    iterated (a HEAD, a client gone), and a generator that never started would not run
+    its cleanup, leaving the connection neither returned nor closed.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, ctx: RequestContext, upstream_response: UpstreamResponse
+    ) -> None:
         assert ctx.principal is not None and ctx.match is not None
-        stream = _Stream(ctx.principal, ctx.match.project, response)
-        self.streams.add(stream)
+        self._pipeline = pipeline
+        self._ctx = ctx
+        self._upstream = upstream_response
+        self._chunks = upstream_response.stream(STREAM_CHUNK)
+        self._stream = _Stream(ctx.principal, ctx.match.project, upstream_response)
+        self._closed = False
+        pipeline.streams.add(self._stream)
+
+    def __iter__(self) -> GuardedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        stream = self._stream
         try:
-            for chunk in response.stream(STREAM_CHUNK, decode_content=False):
-                if stream.cut_off or self._lock_hit(stream.principal, stream.project):
-                    stream.cut_off = True
-                    break
-                yield chunk
-        except (urllib3.exceptions.HTTPError, OSError):
-            if not stream.cut_off:
-                log.warning("upstream stream broke off")
-        finally:
-            self.streams.remove(stream)
-            response.release_conn()
-        if stream.cut_off:
-            with contextlib.suppress(AuditUnavailable):
-                self.audit.write([ctx.row(decision="deny", reason="stream_cut:locked")])
-            # Ending the body normally would make a truncated download look complete;
-            # raising makes the server drop the connection without the final chunk.
-            raise DownloadCutOff(f"download {ctx.request_id} cut off by a lock")
+            chunk = next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+        except UpstreamError as error:
+            if stream.cut_off:
+                self._end("stream_cut:locked")
+            log.warning("upstream stream broke off: %s", error.reason)
+            self._end(f"stream_broken:{error.reason}")
+        if stream.cut_off or self._pipeline._lock_hit(stream.principal, stream.project):
+            stream.cut_off = True
+            self._end("stream_cut:locked")
+        return chunk
+
+    def _end(self, reason: str) -> NoReturn:
+        """Log why the download stopped short, then drop the client's connection."""
+        self.close()
+        with contextlib.suppress(AuditUnavailable):
+            self._pipeline.audit.write([self._ctx.row(decision="deny", reason=reason)])
+        # Ending the body normally would make a truncated download look complete;
+        # a reset makes the server drop the connection without the final chunk.
+        raise DownloadCutOff(f"download {self._ctx.request_id} ended early: {reason}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pipeline.streams.remove(self._stream)
+        self._upstream.close()
 
 
-class DownloadCutOff(Exception):
-    """A running download whose principal was locked; the connection is dropped."""
+class DownloadCutOff(ConnectionResetError):
+    """A download that ended early (a lock, a broken upstream); the connection is dropped.
+
+    A connection reset is what the WSGI server expects from a vanished peer: it closes
+    the connection without a final chunk and without logging a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ECONNRESET, message)
 
 
-class _TooLarge(Exception):
-    pass
+def _has_no_body(method: str, status: int) -> bool:
+    return method == "HEAD" or status in (204, 205, 304)
 
 
 def _discard_unread_body(request: Request) -> None:
@@ -506,14 +623,39 @@ def _discard_unread_body(request: Request) -> None:
             remaining -= len(chunk)
 
 
-def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
+def _read_request_body(request: Request) -> bytes:
+    """The client's body, read in bounded chunks: a chunked upload stops at the limit.
+
+    A body shorter than its Content-Length means the client went away mid-upload; a
+    truncated write must never be forwarded.
+    """
+    length = request.content_length
+    if length is not None and length > MAX_REQUEST_BODY:
+        raise Denial(413, "body_too_large", "request body is too large")
     chunks = []
     total = 0
-    for chunk in response.stream(STREAM_CHUNK, decode_content=False):
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge(f"record body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        while True:
+            chunk = request.stream.read(STREAM_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_REQUEST_BODY:
+                raise Denial(413, "body_too_large", "request body is too large")
+            chunks.append(chunk)
+    except Denial:
+        raise
+    except TimeoutError:
+        raise Denial(
+            408, "client_timeout", "the request body arrived too slowly", reason="client_timeout"
+        ) from None
+    except Exception:
+        # The server's body readers raise their own errors for a cut chunked body.
+        raise Denial(
+            400, "incomplete_body", "the request body was cut off", reason="client_gone"
+        ) from None
+    if length is not None and total != length:
+        raise Denial(400, "incomplete_body", "the request body was cut off", reason="client_gone")
     return b"".join(chunks)
 
 
@@ -521,7 +663,7 @@ class _Stream:
     """A download in progress, so a lock can cut it from outside the request thread."""
 
     def __init__(
-        self, principal: Principal, project: str | None, response: urllib3.BaseHTTPResponse
+        self, principal: Principal, project: str | None, response: UpstreamResponse
     ) -> None:
         self.principal = principal
         self.project = project

@@ -17,6 +17,12 @@ from gateway.config import ConfigError, RouteConfig
 class RecordError(Exception):
     """The upstream body does not have the shape the route promises."""
 
+    reason = "upstream_malformed"
+
+
+class TooManyRecords(RecordError):
+    reason = "upstream_too_many_records"
+
 
 Getter = Callable[[Any], Any]
 
@@ -41,6 +47,7 @@ class RecordSpec:
     record_project: Getter | None
     record_task: Getter | None
     single: bool
+    max_records: int = 10_000
 
     @classmethod
     def from_route(cls, route: RouteConfig) -> RecordSpec:
@@ -63,6 +70,7 @@ class RecordSpec:
             record_project=compile_expression(route.record_project, "record_project"),
             record_task=compile_expression(route.record_task, "record_task"),
             single=route.records.strip() == "@",
+            max_records=route.max_records,
         )
 
     @property
@@ -100,6 +108,9 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
             selected = []
     if not isinstance(selected, list):
         raise RecordError("records selection is not a list")
+    if len(selected) > spec.max_records:
+        # Refused before any hashing: each record would cost a row and a hash.
+        raise TooManyRecords(f"{len(selected)} records, over the route's {spec.max_records}")
     extracted = []
     for record in selected:
         if not isinstance(record, dict):
@@ -107,7 +118,11 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
         record_id = _scalar(spec.record_id(record), "id")
         if record_id is None:
             raise RecordError("a record has no id")
-        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        try:
+            canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError as error:
+            # Parsed but not serialisable (nested past orjson's 255 levels): unaccountable.
+            raise RecordError(f"a record cannot be fingerprinted: {error}") from None
         extracted.append(
             ExtractedRecord(
                 record_id=record_id,

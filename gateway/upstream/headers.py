@@ -44,6 +44,16 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 )
 
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "set-cookie", "server", "x-gateway-assertion"}
+# Headers describing the upstream's bytes, wrong once the body is decoded and re-serialised.
+_REWRITTEN_BODY_DROP = _RESPONSE_DROP | {
+    "content-encoding",
+    "content-md5",
+    "content-range",
+    "digest",
+    "repr-digest",
+    "content-digest",
+    "accept-ranges",
+}
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -72,8 +82,11 @@ def request_headers_for_upstream(
 
 
 def response_headers_for_client(
-    upstream_headers: Iterable[tuple[str, str]],
+    upstream_headers: Iterable[tuple[str, str]], *, body_rewritten: bool = False
 ) -> list[tuple[str, str]]:
+    """Headers the client may see; `body_rewritten` when the gateway re-serialised the body."""
     headers_list = list(upstream_headers)
-    dropped = _connection_tokens(headers_list) | _RESPONSE_DROP
+    dropped = _connection_tokens(headers_list) | (
+        _REWRITTEN_BODY_DROP if body_rewritten else _RESPONSE_DROP
+    )
     return [(name, value) for name, value in headers_list if name.lower() not in dropped]
