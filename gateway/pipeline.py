@@ -10,16 +10,14 @@ is committed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import re
 import secrets
 import select
 import socket
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 from werkzeug.wrappers import Request, Response
@@ -41,6 +39,7 @@ from gateway.upstream import (
     request_headers_for_upstream,
     response_headers_for_client,
 )
+from gateway.upstream.downloads import ActiveDownloads, Download, GuardedStream
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.locks = locks
-        self.streams = ActiveStreams()
+        self.downloads = ActiveDownloads()
         locks.on_change(self._on_locks_changed)
         self.verifier = verifier
         self.routes = routes
@@ -287,9 +286,9 @@ class Pipeline:
     def _on_locks_changed(self) -> None:
         """Drop cached tokens of locked principals and cut their running downloads."""
         self.verifier.forget(lambda principal: self._lock_hit(principal, None) is not None)
-        for stream in self.streams.snapshot():
-            if self._lock_hit(stream.principal, stream.project) is not None:
-                stream.cut()
+        for download in self.downloads.snapshot():
+            if self._lock_hit(download.principal, download.project) is not None:
+                download.cut()
 
     def _authorize(self, ctx: RequestContext) -> None:
         match, principal = ctx.match, ctx.principal
@@ -502,6 +501,10 @@ class Pipeline:
             ctx.prechecked.add((project, task))
         return decision.allowed
 
+    def _log_ended_early(self, ctx: RequestContext, reason: str) -> None:
+        with contextlib.suppress(AuditUnavailable):
+            self.audit.write([ctx.row(decision="deny", reason=reason)])
+
     def _release_stream(self, ctx: RequestContext, upstream_response: UpstreamResponse) -> Response:
         match = ctx.match
         assert match is not None
@@ -519,8 +522,16 @@ class Pipeline:
         except BaseException:
             upstream_response.close()
             raise
+        assert ctx.principal is not None
+        download = Download(ctx.principal, match.project, upstream_response)
         response = Response(
-            GuardedStream(self, ctx, upstream_response),
+            GuardedStream(
+                download,
+                self.downloads,
+                locked=lambda d: self._lock_hit(d.principal, d.project) is not None,
+                ended_early=lambda reason: self._log_ended_early(ctx, reason),
+                label=ctx.request_id,
+            ),
             status=upstream_response.status,
             headers=response_headers_for_client(upstream_response.headers.items()),
             direct_passthrough=True,
@@ -529,74 +540,6 @@ class Pipeline:
             response.headers["Content-Length"] = length
         response.headers["X-Request-Id"] = ctx.request_id
         return response
-
-
-class GuardedStream:
-    """A streamed body that a lock can cut and that always settles its upstream connection.
-
-    A class rather than a generator: the server calls `close()` even when it never
-    iterated (a HEAD, a client gone), and a generator that never started would not run
-    its cleanup, leaving the connection neither returned nor closed.
-    """
-
-    def __init__(
-        self, pipeline: Pipeline, ctx: RequestContext, upstream_response: UpstreamResponse
-    ) -> None:
-        assert ctx.principal is not None and ctx.match is not None
-        self._pipeline = pipeline
-        self._ctx = ctx
-        self._upstream = upstream_response
-        self._chunks = upstream_response.stream(STREAM_CHUNK)
-        self._stream = _Stream(ctx.principal, ctx.match.project, upstream_response)
-        self._closed = False
-        pipeline.streams.add(self._stream)
-
-    def __iter__(self) -> GuardedStream:
-        return self
-
-    def __next__(self) -> bytes:
-        stream = self._stream
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            self.close()
-            raise
-        except UpstreamError as error:
-            if stream.cut_off:
-                self._end("stream_cut:locked")
-            log.warning("upstream stream broke off: %s", error.reason)
-            self._end(f"stream_broken:{error.reason}")
-        if stream.cut_off or self._pipeline._lock_hit(stream.principal, stream.project):
-            stream.cut_off = True
-            self._end("stream_cut:locked")
-        return chunk
-
-    def _end(self, reason: str) -> NoReturn:
-        """Log why the download stopped short, then drop the client's connection."""
-        self.close()
-        with contextlib.suppress(AuditUnavailable):
-            self._pipeline.audit.write([self._ctx.row(decision="deny", reason=reason)])
-        # Ending the body normally would make a truncated download look complete;
-        # a reset makes the server drop the connection without the final chunk.
-        raise DownloadCutOff(f"download {self._ctx.request_id} ended early: {reason}")
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._pipeline.streams.remove(self._stream)
-        self._upstream.close()
-
-
-class DownloadCutOff(ConnectionResetError):
-    """A download that ended early (a lock, a broken upstream); the connection is dropped.
-
-    A connection reset is what the WSGI server expects from a vanished peer: it closes
-    the connection without a final chunk and without logging a traceback.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.ECONNRESET, message)
 
 
 def _has_no_body(method: str, status: int) -> bool:
@@ -657,39 +600,3 @@ def _read_request_body(request: Request) -> bytes:
     if length is not None and total != length:
         raise Denial(400, "incomplete_body", "the request body was cut off", reason="client_gone")
     return b"".join(chunks)
-
-
-class _Stream:
-    """A download in progress, so a lock can cut it from outside the request thread."""
-
-    def __init__(
-        self, principal: Principal, project: str | None, response: UpstreamResponse
-    ) -> None:
-        self.principal = principal
-        self.project = project
-        self.response = response
-        self.cut_off = False
-
-    def cut(self) -> None:
-        self.cut_off = True
-        # Unblocks a read that is waiting on a slow upstream; the loop then ends.
-        with contextlib.suppress(Exception):
-            self.response.shutdown()
-
-
-class ActiveStreams:
-    def __init__(self) -> None:
-        self._streams: dict[int, _Stream] = {}
-        self._lock = threading.Lock()
-
-    def add(self, stream: _Stream) -> None:
-        with self._lock:
-            self._streams[id(stream)] = stream
-
-    def remove(self, stream: _Stream) -> None:
-        with self._lock:
-            self._streams.pop(id(stream), None)
-
-    def snapshot(self) -> list[_Stream]:
-        with self._lock:
-            return list(self._streams.values())
