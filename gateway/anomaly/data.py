@@ -38,7 +38,12 @@ ERROR_REASONS = (
     "body_too_large",
     "bad_upstream_response",
     "temporarily_unavailable",
+    # The upstream or the client failed, not the contractor's request.
+    "client_gone",
+    "client_timeout",
 )
+# A download the upstream broke off (stream_broken:upstream_timeout, ...).
+STREAM_BROKEN_PREFIX = "stream_broken:"
 LOCK_PREFIX = "locked:"
 STREAM_CUT_LOCKED = "stream_cut:locked"
 
@@ -57,7 +62,11 @@ def classify(decision: str, reason: str | None, action: str | None, record_id: s
         return "filtered"
     if reason in UNMATCHED_REASONS:
         return "unmatched"
-    if reason in ERROR_REASONS or reason.startswith("upstream_"):
+    if (
+        reason in ERROR_REASONS
+        or reason.startswith("upstream_")
+        or reason.startswith(STREAM_BROKEN_PREFIX)
+    ):
         return "error"
     return "denied"
 
