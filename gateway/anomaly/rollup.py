@@ -111,6 +111,7 @@ def kind_expr() -> Any:
             or_(
                 AccessEvent.reason.in_(ERROR_REASONS),
                 AccessEvent.reason.like("upstream\\_%", escape="\\"),
+                AccessEvent.reason.like("stream\\_broken:%", escape="\\"),
             ),
             literal("error"),
         ),

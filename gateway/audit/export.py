@@ -7,14 +7,13 @@ the memory of one batch. Rows are in (time, id) order; `since` is inclusive, `un
 exclusive.
 
 CSV and JSON Lines carry every column, the chain fields included, so an export can be
-re-hashed off-box. CSV text cells that a spreadsheet would run as a formula (starting with
-= + - @ tab or CR: a user agent or path is client-controlled) are prefixed with a single
-quote; use JSON Lines for byte-exact values.
+re-hashed off-box. CSV text cells that a spreadsheet would run as a formula (a user agent or path is
+client-controlled) are prefixed with a single quote by the project's one CSV writer
+(`gateway.audit.spreadsheet`); use JSON Lines for byte-exact values.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from sqlalchemy import Engine, func, select
 
 from gateway.audit import ocsf
 from gateway.audit.chain import HASHED_FIELDS, canonical_time
+from gateway.audit.spreadsheet import SafeCsvWriter
 from gateway.db.models import AccessEvent
 
 EXPORT_FIELDS = ("id", *HASHED_FIELDS, "row_hash")
@@ -36,7 +36,6 @@ FORMATS = {
     "jsonl": ("application/x-ndjson", "jsonl"),
     "ocsf": ("application/x-ndjson", "ocsf.jsonl"),
 }
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ExportError(ValueError):
@@ -140,25 +139,17 @@ def _ocsf_chunk(rows: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(ocsf.to_event(row)) + b"\n" for row in rows)
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _csv_line(values: tuple[Any, ...] | list[Any]) -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    SafeCsvWriter(buffer).writerow(values)
     return buffer.getvalue().encode()
 
 
 def _csv_chunk(rows: list[dict[str, Any]]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer = SafeCsvWriter(buffer)
     for row in rows:
-        values = [_cell(value) for value in row.values()]
+        values = list(row.values())
         values[1] = canonical_time(row["time"])
         writer.writerow(values)
     return buffer.getvalue().encode()

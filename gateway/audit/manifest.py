@@ -30,7 +30,6 @@ are not signed.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import re
@@ -45,6 +44,7 @@ from sqlalchemy import Engine
 
 from gateway.audit.exposure import MANIFEST_FIELDS, ExposureQuery, manifest_rows
 from gateway.audit.query import format_time
+from gateway.audit.spreadsheet import SafeCsvWriter
 from gateway.keys import GatewayKeys
 
 ALGORITHM = "Ed25519"
@@ -64,7 +64,7 @@ def encode(rows: Iterable[tuple], fmt: str) -> Iterator[bytes]:
     """Manifest bytes in chunks of about `_FLUSH_EVERY` lines."""
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = SafeCsvWriter(buffer, lineterminator="\n")
         writer.writerow(MANIFEST_FIELDS)
         for count, row in enumerate(rows, 1):
             writer.writerow(row)
