@@ -95,6 +95,11 @@ class RouteConfig:
     query_params: tuple[str, ...] | None = None
     # More records than this in one response is refused: each costs an access row.
     max_records: int = 10_000
+    # Fields a record route releases besides its records; others are dropped or refused.
+    envelope: tuple[str, ...] = ()
+    envelope_extra: str = "drop"
+    # Non-2xx answers: "replace" (the gateway's own error), "pass", or "inspect" (records).
+    upstream_errors: str = "pass"
 
 
 @dataclass(frozen=True)
@@ -489,6 +494,7 @@ def _route(raw: dict[str, Any], key: str) -> RouteConfig:
         raise ConfigError(f"{key}.max_records", "must be a positive integer")
     if "max_records" in raw and not records:
         raise ConfigError(f"{key}.max_records", "needs 'records' and 'record_id'")
+    envelope, envelope_extra, upstream_errors = _route_release(raw, key, records)
     return RouteConfig(
         path=path,
         methods=tuple(methods),
@@ -500,4 +506,62 @@ def _route(raw: dict[str, Any], key: str) -> RouteConfig:
         project=project,
         query_params=tuple(query) if query is not None else None,
         max_records=max_records,
+        envelope=envelope,
+        envelope_extra=envelope_extra,
+        upstream_errors=upstream_errors,
     )
+
+
+def _route_release(
+    raw: dict[str, Any], key: str, records: str | None
+) -> tuple[tuple[str, ...], str, str]:
+    """What a route lets out besides checked records: envelope fields and upstream errors."""
+    from gateway.records.envelope import ENVELOPE_EXTRA, field_path, overlapping
+
+    envelope = raw.get("envelope", [])
+    if not isinstance(envelope, list) or not all(isinstance(e, str) and e for e in envelope):
+        raise ConfigError(f"{key}.envelope", "must be a list of field names")
+    extra = raw.get("envelope_extra", "drop")
+    if extra not in ENVELOPE_EXTRA:
+        raise ConfigError(f"{key}.envelope_extra", f"must be one of {', '.join(ENVELOPE_EXTRA)}")
+    errors = raw.get("upstream_errors", "replace" if records else "pass")
+    if errors not in ("replace", "pass", "inspect"):
+        raise ConfigError(f"{key}.upstream_errors", "must be one of replace, pass, inspect")
+    if errors == "inspect" and not records:
+        raise ConfigError(f"{key}.upstream_errors", "'inspect' needs 'records' and 'record_id'")
+    single = records is not None and records.strip() == "@"
+    if not records or single:
+        for name in ("envelope", "envelope_extra"):
+            if name in raw:
+                raise ConfigError(
+                    f"{key}.{name}", "applies to routes whose 'records' selects a list of records"
+                )
+        return (), extra, errors
+    if extra == "allow":
+        if envelope:
+            raise ConfigError(f"{key}.envelope", "has no effect with envelope_extra = 'allow'")
+        return (), extra, errors
+    records_path = field_path(records)
+    if records_path is None:
+        import jmespath
+        from jmespath.exceptions import JMESPathError
+
+        try:
+            jmespath.compile(records)
+        except JMESPathError as error:
+            raise ConfigError(f"{key}.records", f"bad JMESPath: {error}") from None
+        raise ConfigError(
+            f"{key}.records",
+            "must be a plain field path (e.g. 'records' or 'data.items') so that fields beside"
+            " the records can be dropped; or set envelope_extra = 'allow' to release them"
+            " unchecked",
+        )
+    for name in envelope:
+        path = field_path(name)
+        if path is None:
+            raise ConfigError(f"{key}.envelope", f"{name!r} is not a plain field path")
+        if overlapping(records_path, path):
+            raise ConfigError(
+                f"{key}.envelope", f"{name!r} contains or is inside the records ({records!r})"
+            )
+    return tuple(envelope), extra, errors

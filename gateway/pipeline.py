@@ -13,9 +13,6 @@ import contextlib
 import logging
 import re
 import secrets
-import select
-import socket
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +21,18 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.audit import AuditUnavailable, AuditWriter
 from gateway.config import Config
+from gateway.context import (
+    Denial,
+    RequestContext,
+    discard_unread_body,
+    json_error,
+    read_request_body,
+)
 from gateway.identity import AuthError, Principal, TokenVerifier
 from gateway.keys import GatewayKeys
 from gateway.lockout import LockHit, LockState
 from gateway.policy import PolicyEngine
-from gateway.records import ExtractedRecord, RecordError, extract_records
-from gateway.records.selection import remove_records
+from gateway.records import ExtractedRecord, RecordBody, RecordError
 from gateway.routemap import PathRejected, RouteError, RouteMap, RouteMatch, normalise_path
 from gateway.routemap.normalise import split_request_target
 from gateway.upstream import (
@@ -43,97 +46,10 @@ from gateway.upstream.downloads import ActiveDownloads, Download, GuardedStream
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BODY = 10 * 1024 * 1024
 _QUOTED_STRING_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 STREAM_CHUNK = 64 * 1024
-
-
-class Denial(Exception):
-    """A request that ends here; `reason` goes to the access log, `error` to the client."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        message: str,
-        *,
-        reason: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.reason = reason or error
-        self.headers = headers or {}
-
-
-@dataclass
-class RequestContext:
-    request_id: str
-    time: datetime
-    method: str
-    raw_path: str
-    query: str
-    client_ip: str | None
-    user_agent: str | None
-    target_error: str | None = None
-    client_socket: Any = None
-    principal: Principal | None = None
-    match: RouteMatch | None = None
-    policy_version: int | None = None
-    # (project, task) pairs already allowed for this request, so records need no second check.
-    prechecked: set[tuple[str, str]] = field(default_factory=set)
-
-    def client_gone(self) -> bool:
-        """True when the client has closed its end (peeked, nothing consumed)."""
-        sock = self.client_socket
-        if sock is None:
-            return False
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
-                return False
-            # Readable with nothing to read is an orderly close; data is a pipelined request.
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
-            return False
-        except (OSError, ValueError):
-            return True
-
-    def row(self, *, decision: str, reason: str | None, **fields: Any) -> dict[str, Any]:
-        principal, match = self.principal, self.match
-        return {
-            "time": self.time,
-            "request_id": self.request_id,
-            "issuer": principal.issuer if principal else None,
-            "subject": principal.subject if principal else None,
-            "vendor": principal.vendor if principal else None,
-            "client_ip": self.client_ip,
-            "user_agent": (self.user_agent or "")[:512] or None,
-            "method": self.method,
-            "path": (match.path if match else self.raw_path)[:2048],
-            "project": match.project if match else None,
-            "task": match.task if match and match.task != "*" else None,
-            "record_id": match.record if match else None,
-            "record_sha256": None,
-            "action": match.route.action if match else None,
-            "decision": decision,
-            "reason": reason,
-            "policy_version": self.policy_version,
-            "upstream_status": None,
-            "bytes": None,
-            **fields,
-        }
-
-
-def json_error(
-    status: int, error: str, message: str, request_id: str, headers: dict[str, str] | None = None
-) -> Response:
-    body = orjson.dumps({"error": error, "message": message, "request_id": request_id})
-    response = Response(body, status=status, mimetype="application/json", headers=headers)
-    response.headers["X-Request-Id"] = request_id
-    return response
+# An upstream error body up to this size is read to the end, keeping its connection.
+ERROR_BODY_DRAIN = 64 * 1024
 
 
 class Pipeline:
@@ -152,6 +68,7 @@ class Pipeline:
         self.config = config
         self.locks = locks
         self.downloads = ActiveDownloads()
+        self._dropped_seen: set[tuple[str, tuple[str, ...]]] = set()
         locks.on_change(self._on_locks_changed)
         self.verifier = verifier
         self.routes = routes
@@ -169,7 +86,7 @@ class Pipeline:
                 return self._run(ctx, request)
             except Denial as denial:
                 self.audit.write([ctx.row(decision="deny", reason=denial.reason)])
-                _discard_unread_body(request)
+                discard_unread_body(request)
                 return json_error(
                     denial.status, denial.error, denial.message, ctx.request_id, denial.headers
                 )
@@ -229,8 +146,15 @@ class Pipeline:
         self._check_locks(ctx, ctx.match.project)
         self._authorize(ctx)
         upstream_response = self._forward(ctx, request)
-        spec = ctx.match.route.records
-        if spec is not None and 200 <= upstream_response.status < 300:
+        route = ctx.match.route
+        status = upstream_response.status
+        if not 200 <= status < 300 and not _has_no_body(ctx.method, status):
+            # An upstream's crash page names its software and its exception: never released.
+            if status >= 500 or route.config.upstream_errors == "replace":
+                return self._replace_upstream_error(ctx, upstream_response)
+            if route.records is None or route.config.upstream_errors == "pass":
+                return self._release_stream(ctx, upstream_response)
+        if route.records is not None:
             return self._release_records(ctx, upstream_response)
         return self._release_stream(ctx, upstream_response)
 
@@ -330,7 +254,7 @@ class Pipeline:
         )
         body = None
         if ctx.method in ("POST", "PUT", "PATCH", "DELETE"):
-            body = _read_request_body(request)
+            body = read_request_body(request)
         try:
             return self.upstream.send(ctx.method, match.path, ctx.query, headers, body)
         except UpstreamError as error:
@@ -339,12 +263,7 @@ class Pipeline:
     def _release_records(
         self, ctx: RequestContext, upstream_response: UpstreamResponse
     ) -> Response:
-        """Parse, account for and release a record body; released bytes are what was logged.
-
-        The body goes out re-serialised from the parsed value that was hashed and logged,
-        never as the upstream's bytes: a duplicate key or a second copy of the records
-        array must not let a client's parser see something other than what the log holds.
-        """
+        """Parse, account for and release a record body; released bytes are what was logged."""
         match = ctx.match
         assert match is not None and match.route.records is not None
         spec = match.route.records
@@ -360,38 +279,21 @@ class Pipeline:
                     error.status, error.error, error.message, reason=error.reason
                 ) from None
         try:
-            body = orjson.loads(raw)
-            selected, records = extract_records(spec, body)
-        except (orjson.JSONDecodeError, RecordError) as error:
-            reason = error.reason if isinstance(error, RecordError) else "upstream_malformed"
-            log.warning("record route %s: %s", match.path, error)
-            raise Denial(
-                502,
-                "bad_upstream_response",
-                "the dataset service returned a body the gateway cannot account for",
-                reason=reason,
-            ) from None
-        keep = [self._record_allowed(ctx, record) for record in records]
-        rows = self._record_rows(ctx, records, keep, upstream_response.status)
-        if not all(keep):
-            if spec.single:
-                self.audit.write(rows)
-                return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
-            try:
-                remove_records(spec, body, selected, keep)
-            except RecordError as error:
-                raise Denial(
-                    502, "bad_upstream_response", str(error), reason="unfilterable"
-                ) from None
+            body = RecordBody.parse(spec, raw)
+        except RecordError as error:
+            raise _unaccountable(match, error) from None
+        verdicts = [self._record_verdict(ctx, record) for record in body.records]
+        rows = self._record_rows(ctx, body.records, verdicts, upstream_response.status)
+        withheld = [verdict is not None for verdict in verdicts]
+        if spec.single and any(withheld):
+            self.audit.write(rows)
+            return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
         try:
-            released = orjson.dumps(body)
-        except orjson.JSONEncodeError:
-            raise Denial(
-                502,
-                "bad_upstream_response",
-                "the dataset service returned a body the gateway cannot account for",
-                reason="upstream_malformed",
-            ) from None
+            released, dropped = body.render([not w for w in withheld])
+        except RecordError as error:
+            raise _unaccountable(match, error) from None
+        if dropped:
+            self._note_dropped_fields(match, dropped)
         if not rows:
             rows.append(
                 ctx.row(
@@ -412,11 +314,60 @@ class Pipeline:
         response.headers["X-Request-Id"] = ctx.request_id
         return response
 
+    def _note_dropped_fields(self, match: RouteMatch, dropped: list[str]) -> None:
+        """Tell the operator once per route and field set, not once per request."""
+        key = (match.route.config.path, tuple(dropped))
+        # Bounded: an upstream inventing field names must not grow this without end.
+        if key in self._dropped_seen or len(self._dropped_seen) >= 1000:
+            return
+        self._dropped_seen.add(key)
+        log.warning(
+            "route %s: dropped fields beside the records (not in its envelope): %s",
+            match.route.config.path,
+            ", ".join(dropped[:20]),
+        )
+
+    def _replace_upstream_error(
+        self, ctx: RequestContext, upstream_response: UpstreamResponse
+    ) -> Response:
+        """The upstream's error answer, replaced by the gateway's own: nothing of it leaves."""
+        status = upstream_response.status
+        with upstream_response, contextlib.suppress(UpstreamError):
+            # Read a short body to the end so the connection can be reused.
+            upstream_response.read(ERROR_BODY_DRAIN)
+        self._commit_before_release(
+            ctx,
+            [
+                ctx.row(
+                    decision="allow",
+                    reason=f"upstream_{status}",
+                    upstream_status=status,
+                    bytes=0,
+                )
+            ],
+        )
+        body = orjson.dumps(
+            {
+                "error": "upstream_error",
+                "message": f"the dataset service answered {status}",
+                "upstream_status": status,
+                "request_id": ctx.request_id,
+            }
+        )
+        response = Response(
+            body, status=status if 400 <= status < 500 else 502, mimetype="application/json"
+        )
+        retry_after = upstream_response.headers.get("Retry-After")
+        if retry_after and status in (429, 503):
+            response.headers["Retry-After"] = retry_after
+        response.headers["X-Request-Id"] = ctx.request_id
+        return response
+
     def _record_rows(
         self,
         ctx: RequestContext,
         records: list[ExtractedRecord],
-        keep: list[bool],
+        verdicts: list[str | None],
         upstream_status: int,
     ) -> list[dict[str, Any]]:
         match = ctx.match
@@ -433,18 +384,21 @@ class Pipeline:
                 "record_sha256": record.sha256,
                 "bytes": record.size,
             }
-            if kept
+            if verdict is None
             else {
                 **base,
                 "decision": "filtered",
-                "reason": "record_policy_denied",
-                "project": record.project or match.project,
+                "reason": verdict,
+                # A record without its own project is logged without one, not as the path's.
+                "project": record.project
+                if match.route.records and match.route.records.record_project
+                else record.project or match.project,
                 "task": record.task or route_task,
                 "record_id": record.record_id,
                 "record_sha256": record.sha256,
                 "bytes": 0,
             }
-            for record, kept in zip(records, keep, strict=True)
+            for record, verdict in zip(records, verdicts, strict=True)
         ]
 
     def _release_empty(self, ctx: RequestContext, upstream_response: UpstreamResponse) -> Response:
@@ -481,17 +435,25 @@ class Pipeline:
             raise Denial(499, "client_gone", "the client closed the connection")
         self.audit.write(rows)
 
-    def _record_allowed(self, ctx: RequestContext, record: ExtractedRecord) -> bool:
+    def _record_verdict(self, ctx: RequestContext, record: ExtractedRecord) -> str | None:
+        """None when the record may be released, else why it is withheld."""
         match, principal = ctx.match, ctx.principal
         assert match is not None and principal is not None
+        spec = match.route.records
+        if spec is not None and spec.record_project is not None and record.project is None:
+            # The route says records carry their project: one that does not is not
+            # assumed to be the path's.
+            return "record_project_missing"
         project = record.project or match.project
         task = record.task or match.task
         if project is None:
-            return False
+            return "record_project_missing"
         if (project, task) in ctx.prechecked:
-            return True
-        if project != match.project and self._lock_hit(principal, project) is not None:
-            return False
+            return None
+        if project != match.project:
+            hit = self._lock_hit(principal, project)
+            if hit is not None:
+                return f"locked:{hit.lock_id}"
         decision = self.policy.decide(
             principal.policy_subject, principal.vendor, project, task, match.route.action
         )
@@ -499,7 +461,8 @@ class Pipeline:
             ctx.policy_version = decision.version
         if decision.allowed:
             ctx.prechecked.add((project, task))
-        return decision.allowed
+            return None
+        return "record_policy_denied"
 
     def _log_ended_early(self, ctx: RequestContext, reason: str) -> None:
         with contextlib.suppress(AuditUnavailable):
@@ -542,61 +505,15 @@ class Pipeline:
         return response
 
 
+def _unaccountable(match: RouteMatch, error: RecordError) -> Denial:
+    log.warning("record route %s: %s", match.path, error)
+    return Denial(
+        502,
+        "bad_upstream_response",
+        "the dataset service returned a body the gateway cannot account for",
+        reason=error.reason,
+    )
+
+
 def _has_no_body(method: str, status: int) -> bool:
     return method == "HEAD" or status in (204, 205, 304)
-
-
-def _discard_unread_body(request: Request) -> None:
-    """Read (bounded) what a refused client sent, so its keep-alive connection survives.
-
-    gunicorn drains at most 64 KiB of an unread body and otherwise closes the connection
-    without telling the client, whose next request on it then fails.
-    """
-    length = request.content_length
-    if request.method in ("GET", "HEAD") and not length:
-        return
-    if length is not None and length > MAX_REQUEST_BODY:
-        return
-    with contextlib.suppress(Exception):
-        remaining = MAX_REQUEST_BODY
-        while remaining > 0:
-            chunk = request.stream.read(min(STREAM_CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-
-
-def _read_request_body(request: Request) -> bytes:
-    """The client's body, read in bounded chunks: a chunked upload stops at the limit.
-
-    A body shorter than its Content-Length means the client went away mid-upload; a
-    truncated write must never be forwarded.
-    """
-    length = request.content_length
-    if length is not None and length > MAX_REQUEST_BODY:
-        raise Denial(413, "body_too_large", "request body is too large")
-    chunks = []
-    total = 0
-    try:
-        while True:
-            chunk = request.stream.read(STREAM_CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > MAX_REQUEST_BODY:
-                raise Denial(413, "body_too_large", "request body is too large")
-            chunks.append(chunk)
-    except Denial:
-        raise
-    except TimeoutError:
-        raise Denial(
-            408, "client_timeout", "the request body arrived too slowly", reason="client_timeout"
-        ) from None
-    except Exception:
-        # The server's body readers raise their own errors for a cut chunked body.
-        raise Denial(
-            400, "incomplete_body", "the request body was cut off", reason="client_gone"
-        ) from None
-    if length is not None and total != length:
-        raise Denial(400, "incomplete_body", "the request body was cut off", reason="client_gone")
-    return b"".join(chunks)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import RouteConfig
-from gateway.records import RecordError, RecordSpec, extract_records
+from gateway.config import ConfigError, RouteConfig, _route
+from gateway.records import RecordBody, RecordError, RecordSpec, UnexpectedFields, extract_records
 from gateway.records.selection import remove_records
 
 
@@ -170,7 +170,8 @@ def test_remove_records_keep_length_must_match() -> None:
 )
 def test_remove_records_refuses_computed_projection(expression: str) -> None:
     body = {"records": [{"id": 1, "x": True}, {"id": 2, "x": True}]}
-    s = spec(expression)
+    # Only a route that releases its whole body (no envelope) writes removals back.
+    s = spec(expression, envelope_extra="allow")
     selected, extracted = extract_records(s, body)
     assert len(extracted) == 2
     with pytest.raises(RecordError):
@@ -186,3 +187,100 @@ def test_remove_records_refuses_single_record_spec() -> None:
     with pytest.raises(RecordError):
         remove_records(s, body, selected, [False])
     assert body == {"id": 1}
+
+
+# --- envelope: only named fields leave beside the records -------------------------------
+
+
+def test_envelope_keeps_named_fields_and_drops_the_rest() -> None:
+    s = spec("records", envelope=("count", "next"))
+    body = RecordBody.parse(
+        s,
+        b'{"count":2,"related":[{"id":"other"}],"records":[{"id":1},{"id":2}],"next":null,'
+        b'"debug":{"sql":"select"}}',
+    )
+    released, dropped = body.render([True, False])
+    assert json.loads(released) == {"count": 2, "records": [{"id": 1}], "next": None}
+    assert dropped == ["related", "debug"]
+
+
+def test_envelope_nested_records_path() -> None:
+    s = spec("data.items", envelope=("data.total", "links"))
+    body = RecordBody.parse(
+        s, b'{"data":{"items":[{"id":1}],"total":1,"leak":[{"id":9}]},"links":{"n":2},"x":1}'
+    )
+    released, dropped = body.render([True])
+    assert json.loads(released) == {"data": {"items": [{"id": 1}], "total": 1}, "links": {"n": 2}}
+    assert dropped == ["data.leak", "x"]
+
+
+def test_envelope_refuse_mode() -> None:
+    s = spec("records", envelope_extra="refuse")
+    body = RecordBody.parse(s, b'{"records":[{"id":1}],"related":[]}')
+    with pytest.raises(UnexpectedFields):
+        body.render([True])
+    assert RecordBody.parse(s, b'{"records":[{"id":1}]}').render([True])[1] == []
+
+
+def test_duplicate_keys_release_what_was_logged() -> None:
+    s = spec("records")
+    raw = b'{"records":[{"id":"305","project":"proj-2"}],"records":[{"id":"5"}]}'
+    body = RecordBody.parse(s, raw)
+    assert [r.record_id for r in body.records] == ["5"]
+    released, _ = body.render([True])
+    assert released == b'{"records":[{"id":"5"}]}'
+    single = RecordBody.parse(spec("@"), b'{"id":305,"project":2,"project":1}')
+    assert single.render([True])[0] == b'{"id":305,"project":1}'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbf{}",
+        b'{"records":[{"id":NaN}]}',
+        b'{"records":[{"id":"\xff"}]}',
+        b'{"records":[{"id":1.5}]}',
+        b'{"records":[{"id":{"a":1}}]}',
+        b'{"records":[{"id":1,"deep":' + b"[" * 300 + b"]" * 300 + b"}]}",
+        b"[" * 2000 + b"]" * 2000,
+    ],
+)
+def test_unaccountable_bodies_raise_record_error(raw: bytes) -> None:
+    with pytest.raises(RecordError) as info:
+        RecordBody.parse(spec("records"), raw)
+    assert info.value.reason == "upstream_malformed"
+
+
+def test_too_many_records_refused_before_hashing() -> None:
+    s = spec("records", max_records=3)
+    with pytest.raises(RecordError) as info:
+        RecordBody.parse(s, b'{"records":[{"id":1},{"id":2},{"id":3},{"id":4}]}')
+    assert info.value.reason == "upstream_too_many_records"
+
+
+@pytest.mark.parametrize(
+    ("route", "key"),
+    [
+        ({"records": "records[*]"}, "records"),
+        ({"envelope": ["records.count"]}, "envelope"),
+        ({"envelope": ["a[0]"]}, "envelope"),
+        ({"envelope": ["x"], "envelope_extra": "allow"}, "envelope"),
+        ({"envelope_extra": "sometimes"}, "envelope_extra"),
+        ({"records": "@", "envelope": ["x"]}, "envelope"),
+        ({"upstream_errors": "inspect", "records": None, "record_id": None}, "upstream_errors"),
+        ({"upstream_errors": "ignore"}, "upstream_errors"),
+        ({"max_records": 0}, "max_records"),
+    ],
+)
+def test_release_settings_are_validated(route: dict[str, Any], key: str) -> None:
+    raw = {
+        "path": "/api/projects/{project}/records",
+        "action": "read",
+        "records": "records",
+        "record_id": "id",
+        **route,
+    }
+    raw = {k: v for k, v in raw.items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        _route(raw, "routes[0]")
+    assert info.value.key == f"routes[0].{key}"

@@ -70,11 +70,64 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
 @click.option("--bind", default="127.0.0.1:8080", show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--threads", default=16, show_default=True)
-def serve(config_path: str | None, bind: str, workers: int, threads: int) -> None:
-    """Run the gateway under gunicorn (gthread workers)."""
+@click.option(
+    "--keep-alive",
+    default=5,
+    show_default=True,
+    help="seconds an idle connection is kept (above a pooling proxy's idle timeout)",
+)
+@click.option(
+    "--client-header-timeout",
+    type=float,
+    envvar="GATEWAY_CLIENT_HEADER_TIMEOUT",
+    help="seconds for request line + headers [10; GATEWAY_CLIENT_HEADER_TIMEOUT]",
+)
+@click.option(
+    "--client-body-timeout",
+    type=float,
+    envvar="GATEWAY_CLIENT_BODY_TIMEOUT",
+    help="seconds between two body reads [10; GATEWAY_CLIENT_BODY_TIMEOUT]",
+)
+@click.option(
+    "--client-body-min-rate",
+    type=float,
+    envvar="GATEWAY_CLIENT_BODY_MIN_RATE",
+    help="average body bytes/s after that grace, 0 = off [8192; GATEWAY_CLIENT_BODY_MIN_RATE]",
+)
+def serve(
+    config_path: str | None,
+    bind: str,
+    workers: int,
+    threads: int,
+    keep_alive: int,
+    client_header_timeout: float | None,
+    client_body_timeout: float | None,
+    client_body_min_rate: float | None,
+) -> None:
+    """Run the gateway under gunicorn (gateway.serving.GatewayThreadWorker: gthread with
+    client timeouts, see README "Running it for real")."""
+    from gateway.serving import (
+        BODY_MIN_RATE_ENV,
+        BODY_TIMEOUT_ENV,
+        HEADER_TIMEOUT_ENV,
+        ClientLimits,
+    )
+
     config_file = config_path or os.environ.get("GATEWAY_CONFIG")
     _load(config_file)
     os.environ["GATEWAY_CONFIG"] = str(Path(config_file or "").resolve())
+    # gunicorn's workers read the limits from the environment this process hands on.
+    for name, value in (
+        (HEADER_TIMEOUT_ENV, client_header_timeout),
+        (BODY_TIMEOUT_ENV, client_body_timeout),
+        (BODY_MIN_RATE_ENV, client_body_min_rate),
+    ):
+        if value is not None:
+            os.environ[name] = repr(value)
+    try:
+        ClientLimits.from_env()
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     root = Path(__file__).resolve().parents[2]
     argv = [
         sys.executable,
@@ -83,11 +136,13 @@ def serve(config_path: str | None, bind: str, workers: int, threads: int) -> Non
         "--chdir",
         str(root),
         "-k",
-        "gthread",
+        "gateway.serving.GatewayThreadWorker",
         "-w",
         str(workers),
         "--threads",
         str(threads),
+        "--keep-alive",
+        str(keep_alive),
         "-b",
         bind,
         "wsgi:app",

@@ -12,6 +12,7 @@ import orjson
 from jmespath.exceptions import JMESPathError
 
 from gateway.config import ConfigError, RouteConfig
+from gateway.records.envelope import Envelope, field_path
 
 
 class RecordError(Exception):
@@ -22,6 +23,12 @@ class RecordError(Exception):
 
 class TooManyRecords(RecordError):
     reason = "upstream_too_many_records"
+
+
+class Unfilterable(RecordError):
+    """Records must be withheld, but the route's selection cannot be written back through."""
+
+    reason = "unfilterable"
 
 
 Getter = Callable[[Any], Any]
@@ -48,6 +55,9 @@ class RecordSpec:
     record_task: Getter | None
     single: bool
     max_records: int = 10_000
+    # None: the body is one record, or the route releases the whole body (envelope_extra
+    # = "allow") with unkept records removed in place.
+    envelope: Envelope | None = None
 
     @classmethod
     def from_route(cls, route: RouteConfig) -> RecordSpec:
@@ -61,6 +71,20 @@ class RecordSpec:
             except JMESPathError as error:
                 raise ConfigError(f"routes[{route.path}].{key}", f"bad JMESPath: {error}") from None
 
+        single = route.records.strip() == "@"
+        envelope = None
+        if not single and route.envelope_extra != "allow":
+            records_path = field_path(route.records)
+            if records_path is None:
+                raise ConfigError(
+                    f"routes[{route.path}].records",
+                    "must be a plain field path unless envelope_extra = 'allow'",
+                )
+            envelope = Envelope(
+                records_path=records_path,
+                kept=tuple(path for name in route.envelope if (path := field_path(name))),
+                refuse_extra=route.envelope_extra == "refuse",
+            )
         records = compile_expression(route.records, "records")
         record_id = compile_expression(route.record_id, "record_id")
         assert records is not None and record_id is not None
@@ -69,8 +93,9 @@ class RecordSpec:
             record_id=record_id,
             record_project=compile_expression(route.record_project, "record_project"),
             record_task=compile_expression(route.record_task, "record_task"),
-            single=route.records.strip() == "@",
+            single=single,
             max_records=route.max_records,
+            envelope=envelope,
         )
 
     @property
@@ -140,7 +165,7 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
 def remove_records(spec: RecordSpec, body: Any, selected: list[Any], keep: list[bool]) -> None:
     """Drop records in place; refuse if the selection is a copy we cannot write back through."""
     if spec.single:
-        raise RecordError("a single-record body cannot be partly released")
+        raise Unfilterable("a single-record body cannot be partly released")
     if spec.records(body) is not selected:
-        raise RecordError("records selection is computed, so filtered records cannot be removed")
+        raise Unfilterable("records selection is computed, so filtered records cannot be removed")
     selected[:] = [record for record, kept in zip(selected, keep, strict=True) if kept]
