@@ -489,6 +489,12 @@ def _route(raw: dict[str, Any], key: str) -> RouteConfig:
         not isinstance(query, list) or not all(isinstance(q, str) for q in query)
     ):
         raise ConfigError(f"{key}.query_params", "must be a list of parameter names")
+    if "{project}" not in path and project and query is None:
+        raise ConfigError(
+            f"{key}.query_params",
+            "a route with a fixed 'project' must list the query parameters it allows (an"
+            " empty list allows none): an unchecked query could select another project's data",
+        )
     max_records = raw.get("max_records", RouteConfig.max_records)
     if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
         raise ConfigError(f"{key}.max_records", "must be a positive integer")

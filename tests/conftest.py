@@ -239,18 +239,21 @@ methods = ["GET", "POST"]
 path = "/api/echo"
 action = "read"
 project = "proj-1"
+query_params = ["m", "sentinel", "x", "project"]
 
 [[routes]]
 methods = ["GET"]
 path = "/api/redirect"
 action = "read"
 project = "proj-1"
+query_params = []
 
 [[routes]]
 methods = ["GET"]
 path = "/api/garbage"
 action = "read"
 project = "proj-1"
+query_params = []
 records = "records"
 record_id = "id"
 
@@ -259,10 +262,40 @@ methods = ["GET"]
 path = "/api/slow"
 action = "read"
 project = "proj-1"
+query_params = ["seconds"]
 
 [[routes]]
 methods = ["GET"]
 path = "/api/projects/{project}/tasks/{task}/export"
+action = "read"
+
+# Routes of the misbehaving upstream (tests/support/misbehaving.py); the sample service 404s
+# them.
+[[routes]]
+methods = ["GET", "HEAD", "POST"]
+path = "/fault/projects/{project}/records"
+action = "read"
+records = "records"
+record_id = "id"
+
+[[routes]]
+methods = ["GET"]
+path = "/fault/projects/{project}/items/{record}"
+action = "read"
+records = "@"
+record_id = "id"
+
+[[routes]]
+methods = ["GET"]
+path = "/fault/records/{record}"
+action = "read"
+records = "@"
+record_id = "id"
+record_project = "project"
+
+[[routes]]
+methods = ["GET", "POST"]
+path = "/fault/projects/{project}/stream"
 action = "read"
 """
 

@@ -284,10 +284,23 @@ def test_route_without_project_refused() -> None:
     assert "project" in error.problem
 
 
+def test_route_with_fixed_project_must_list_its_query_parameters() -> None:
+    # `/api/tasks/?project=2` on a route fixed to project 1 released project 2's tasks.
+    raw = base_raw()
+    raw["routes"].append({"path": "/api/tasks/", "action": "read", "project": "1"})
+    assert refused(raw).key == f"routes[{len(raw['routes']) - 1}].query_params"
+
+
 def test_route_with_fixed_project_or_record_project_accepted() -> None:
     raw = base_raw()
     raw["routes"].append(
-        {"methods": ["GET"], "path": "/api/status", "action": "read", "project": "p1"}
+        {
+            "methods": ["GET"],
+            "path": "/api/status",
+            "action": "read",
+            "project": "p1",
+            "query_params": [],
+        }
     )
     raw["routes"].append(
         {

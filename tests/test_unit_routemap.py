@@ -324,3 +324,31 @@ def test_first_matching_route_wins_and_literal_braces_are_escaped() -> None:
     # '.' in a template is literal, not a regex wildcard.
     with pytest.raises(RouteError):
         route_map.match("GET", "/api/v1x0/p", "")
+
+
+# --- a query may not name another project than the route's ----------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["project=proj-2", "project_id=proj-2", "projectId=proj-2", "a=1&PROJECT=proj-2"],
+)
+def test_query_naming_another_project_is_refused(query: str) -> None:
+    routes = RouteMap(
+        (
+            RouteConfig(path="/api/projects/{project}/items", methods=("GET",), action="read"),
+            RouteConfig(
+                path="/api/tasks/",
+                methods=("GET",),
+                action="read",
+                project="proj-1",
+                query_params=("project", "project_id", "projectId", "a", "PROJECT"),
+            ),
+        )
+    )
+    for path in ("/api/projects/proj-1/items", "/api/tasks/"):
+        with pytest.raises(RouteError) as info:
+            routes.match("GET", path, query)
+        assert (info.value.status, info.value.error) == (400, "bad_query")
+        # Naming the route's own project is fine.
+        assert routes.match("GET", path, "project=proj-1").project == "proj-1"

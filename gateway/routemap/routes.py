@@ -10,6 +10,10 @@ from gateway.config import RouteConfig
 from gateway.records import RecordSpec
 
 _SEGMENT_VALUE = r"[A-Za-z0-9][A-Za-z0-9._~@:+-]{0,254}"
+# Query parameters by which dataset APIs commonly pick a project. On a route whose
+# project is known (path or config) they may only repeat that project: the upstream
+# would otherwise answer for another project under this one's name.
+PROJECT_QUERY_PARAMS = frozenset({"project", "project_id", "projectid", "project_ids"})
 _PLACEHOLDER = re.compile(r"\{(project|task|record)\}")
 
 
@@ -72,12 +76,14 @@ class RouteMap:
             if method not in route.config.methods:
                 allowed_methods.update(route.config.methods)
                 continue
-            _check_query(route, query)
+            pairs = _check_query(route, query)
             values = found.groupdict()
+            project = values.get("project") or route.config.project
+            _check_query_project(pairs, project)
             return RouteMatch(
                 route=route,
                 path=path,
-                project=values.get("project") or route.config.project,
+                project=project,
                 task=values.get("task") or "*",
                 record=values.get("record"),
             )
@@ -86,17 +92,33 @@ class RouteMap:
         raise RouteError(403, "unknown_route", "no route allows this path")
 
 
-def _check_query(route: Route, query: str) -> None:
+def _check_query(route: Route, query: str) -> list[tuple[str, str]]:
+    if not query:
+        return []
     allowed = route.config.query_params
-    if allowed is None or not query:
-        return
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
+        if allowed is None:
+            # No allow-list: the upstream parses the query; only a project name is checked.
+            return parse_qsl(query, keep_blank_values=True)
         raise RouteError(400, "bad_query", "malformed query string") from None
+    if allowed is None:
+        return pairs
     names = [name for name, _ in pairs]
     for name in names:
         if name not in allowed:
             raise RouteError(400, "bad_query", f"query parameter {name!r} is not allowed here")
     if len(set(names)) != len(names):
         raise RouteError(400, "bad_query", "a query parameter is repeated")
+    return pairs
+
+
+def _check_query_project(pairs: list[tuple[str, str]], project: str | None) -> None:
+    if project is None:
+        return
+    for name, value in pairs:
+        if name.lower().replace("-", "_") in PROJECT_QUERY_PARAMS and value != project:
+            raise RouteError(
+                400, "bad_query", f"query parameter {name!r} names another project than the route"
+            )
