@@ -110,6 +110,9 @@ class UpstreamConfig:
     read_timeout: float = 30.0
     pool_size: int = 32
     max_record_body_bytes: int = 32 * 1024 * 1024
+    # Upper bound on JSON values in a record body, counted before parsing: parsed, each
+    # small value costs ~50-100 bytes of memory, so this bounds a worker's memory.
+    max_json_values: int = 1_000_000
 
 
 @dataclass(frozen=True)

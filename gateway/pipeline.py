@@ -279,7 +279,7 @@ class Pipeline:
                     error.status, error.error, error.message, reason=error.reason
                 ) from None
         try:
-            body = RecordBody.parse(spec, raw)
+            body = RecordBody.parse(spec, raw, max_values=self.config.upstream.max_json_values)
         except RecordError as error:
             raise _unaccountable(match, error) from None
         verdicts = [self._record_verdict(ctx, record) for record in body.records]

@@ -307,6 +307,7 @@ def gateway_config(
     opaque_idp_url: str,
     upstream_url: str,
     opaque_mode: str = "userinfo",
+    extra_routes: str = "",
 ) -> str:
     base = (ROOT / "config" / "gateway.toml").read_text()
     routes = base[base.index("[[routes]]") :]
@@ -346,6 +347,7 @@ stale_after_seconds = 2.0
 
 {routes}
 {EXTRA_TEST_ROUTES}
+{extra_routes}
 """
 
 
@@ -414,6 +416,7 @@ def launch_gateway(
     *,
     workers: int = 2,
     opaque_mode: str = "userinfo",
+    extra_routes: str = "",
 ) -> Gateway:
     config_path = tmp / "gateway.toml"
     config_path.write_text(
@@ -423,6 +426,7 @@ def launch_gateway(
             opaque_idp_url=opaque_idp.url,
             upstream_url=upstream.url,
             opaque_mode=opaque_mode,
+            extra_routes=extra_routes,
         )
     )
     port = free_port()
