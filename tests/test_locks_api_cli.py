@@ -245,7 +245,13 @@ def test_expired_and_lifted_locks_are_listed_only_with_all(
 ) -> None:
     # A contractor nobody uses, so the short lock disturbs no other test.
     lock = lock_via_api(
-        admin, made, kind="contractor", target="acme-idp:nobody", reason="ttl test", ttl="1s"
+        admin,
+        made,
+        kind="contractor",
+        target="acme-idp:nobody",
+        reason="ttl test",
+        ttl="1s",
+        force=True,
     )
     time.sleep(1.5)
     assert admin.get(f"/{lock['id']}").json()["state"] == "expired"
@@ -300,6 +306,9 @@ BAD_LOCKS = [
     ({"kind": "contractor", "target": "nope-idp:alice", "reason": "x"}, {"target"}),
     ({"kind": "contractor", "target": "acme-idp:", "reason": "x"}, {"target"}),
     ({"kind": "issuer", "target": "acme", "reason": "x"}, {"target"}),
+    ({"kind": "vendor", "target": "acmee", "reason": "x"}, {"target"}),
+    ({"kind": "project", "target": "proj-99", "reason": "x"}, {"target"}),
+    ({"kind": "vendor", "target": "acme", "reason": "x", "force": "yes"}, {"force"}),
     ({"kind": "vendor", "target": "acme"}, {"reason"}),
     ({"kind": "vendor", "target": "acme", "reason": "   "}, {"reason"}),
     ({"kind": "vendor", "target": "acme", "reason": ["x"]}, {"reason"}),
@@ -431,8 +440,28 @@ def test_cli_round_trip(gateway: Gateway, db: Any, made: list[int]) -> None:
     assert cli(gateway, "locks", "--all").stdout.count("lifted") >= 1
 
 
+def test_misspelled_target_names_the_near_match_and_force_records_it(
+    gateway: Gateway, admin: Client, made: list[int]
+) -> None:
+    refused = admin.post("", {"kind": "vendor", "target": "acmee", "reason": "breach"})
+    assert refused.status_code == 400
+    assert "did you mean 'acme'" in refused.json()["fields"]["target"]
+    # A vendor whose people have not arrived yet can still be locked, deliberately.
+    lock = lock_via_api(
+        admin, made, kind="vendor", target="initech", reason="pre-emptive", force=True
+    )
+    events = gateway.db.rows(
+        "SELECT after FROM admin_events WHERE action = 'lock.create' AND target = :t",
+        t="vendor:initech",
+    )
+    assert [json.loads(row.after).get("forced_unknown_target") for row in events] == [True]
+    assert admin.post(f"/{lock['id']}/lift", {"reason": "drill"}).status_code == 200
+
+
 def test_cli_lock_json_and_default_actor(gateway: Gateway, db: Any, made: list[int]) -> None:
-    result = cli(gateway, "lock", "contractor", "acme-idp:nobody", "--reason", "json", "--json")
+    result = cli(
+        gateway, "lock", "contractor", "acme-idp:nobody", "--reason", "json", "--json", "--force"
+    )
     assert result.exit_code == 0, result.output
     lock = json.loads(result.stdout)
     made.append(lock["id"])
@@ -465,6 +494,10 @@ CLI_MISTAKES = [
     (("lock", "vendor", "ac me", "--reason", "x"), "TARGET"),
     (("lock", "contractor", "alice", "--reason", "x"), "<issuer name>:<sub>"),
     (("lock", "issuer", "acme", "--reason", "x"), "not a configured issuer"),
+    # Misspelled during an incident: refused, with the names that do exist.
+    (("lock", "vendor", "acmee", "--reason", "x"), "did you mean 'acme'"),
+    (("lock", "contractor", "acme-idp:alicee", "--reason", "x"), "'acme-idp:alice'"),
+    (("lock", "project", "proj-99", "--reason", "x"), "did you mean"),
     (("unlock", "--reason", "x"), "LOCK_ID is required"),
     (("unlock", "abc", "--reason", "x"), "is not a lock id"),
     (("unlock", "999999", "--reason", "x"), "no lock 999999"),
@@ -486,7 +519,9 @@ def test_cli_unlock_twice_and_unreachable_database(
     gateway: Gateway, db: Any, made: list[int]
 ) -> None:
     lock = json.loads(
-        cli(gateway, "lock", "contractor", "acme-idp:nobody", "--reason", "x", "--json").stdout
+        cli(
+            gateway, "lock", "contractor", "acme-idp:nobody", "--reason", "x", "--json", "--force"
+        ).stdout
     )
     made.append(lock["id"])
     assert cli(gateway, "unlock", str(lock["id"]), "--reason", "done").exit_code == 0

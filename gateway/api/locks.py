@@ -24,6 +24,7 @@ from gateway.api.bodies import InvalidRequest, bad_request, json_object, use_jso
 from gateway.config import Config
 from gateway.lockout import LOCK_KINDS, LockError, create_lock, lift_lock, list_locks
 from gateway.lockout.store import check_target, get_lock, parse_duration
+from gateway.lockout.targets import unknown_target_problem
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,13 @@ def parse_ttl(value: str) -> timedelta:
     return ttl
 
 
-def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None]:
-    data = json_object(MAX_BODY_BYTES, ("kind", "target", "reason", "ttl"))
+def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None, bool]:
+    data = json_object(MAX_BODY_BYTES, ("kind", "target", "reason", "ttl", "force"))
     fields: dict[str, str] = {}
+    force = data.get("force", False)
+    if not isinstance(force, bool):
+        fields["force"] = "must be true or false"
+        force = False
     kind = data.get("kind")
     if kind is None:
         fields["kind"] = f"is required: one of {', '.join(LOCK_KINDS)}"
@@ -97,6 +102,8 @@ def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None]:
         fields["target"] = "must be a non-empty string"
     elif kind in LOCK_KINDS:
         problem = check_target(config, kind, target)
+        if problem is None and not force:
+            problem = unknown_target_problem(_db(), config, kind, target)
         if problem:
             fields["target"] = problem
     reason = _reason(data, fields)
@@ -113,7 +120,7 @@ def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None]:
     if fields:
         raise InvalidRequest(fields)
     assert isinstance(kind, str) and isinstance(target, str) and reason is not None
-    return kind, target, reason, ttl
+    return kind, target, reason, ttl, force
 
 
 def _flag(name: str) -> bool:
@@ -159,7 +166,7 @@ def _db() -> Any:
 @require_role(ADMIN)
 def create() -> Any:
     config = _config()
-    kind, target, reason, ttl = _lock_request(config)
+    kind, target, reason, ttl, force = _lock_request(config)
     lock = create_lock(
         _db(),
         kind=kind,
@@ -168,6 +175,7 @@ def create() -> Any:
         actor=actor(),
         ttl=ttl,
         exposure_days=config.lockout.exposure_days,
+        forced=force,
     )
     response = jsonify(lock_json(lock))
     response.headers["Location"] = url_for("locks.show", lock_id=lock["id"])

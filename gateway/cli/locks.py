@@ -178,6 +178,12 @@ actor_option = click.option(
 @click.argument("target", required=False, metavar="TARGET")
 @click.option("--reason", help="why (required; shown to admins, never to the contractor)")
 @click.option("--ttl", metavar="DURATION", help="lift on its own after 30m, 24h, 7d, ...")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="lock a target nothing knows yet (a vendor or contractor before its first request);"
+    " recorded as forced",
+)
 @actor_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly_errors(db_prefix="could not store the lock: ")
@@ -187,6 +193,7 @@ def lock_command(
     target: str | None,
     reason: str | None,
     ttl: str | None,
+    force: bool,
     actor: str,
     as_json: bool,
 ) -> None:
@@ -201,9 +208,12 @@ def lock_command(
 
     Running downloads of the locked principals are cut off. Prints the lock id and, for
     all but project locks, what the locked principals received recently (exposure).
+    A target that neither the config, the policy nor the access log knows is refused with
+    the nearest known names; --force locks it anyway.
     """
     from gateway.lockout import create_lock
     from gateway.lockout.store import check_target
+    from gateway.lockout.targets import unknown_target_problem
 
     if kind is None:
         raise fail(f"KIND is required: one of {', '.join(KINDS)}")
@@ -219,6 +229,10 @@ def lock_command(
             problem = check_target(config, kind, target)
             if problem:
                 raise fail(f"TARGET: {problem}")
+            if not force:
+                problem = unknown_target_problem(engine, config, kind, target)
+                if problem:
+                    raise fail(f"TARGET: {problem.replace('use force', 'use --force')}")
             lock = create_lock(
                 engine,
                 kind=kind,
@@ -227,6 +241,7 @@ def lock_command(
                 actor=actor,
                 ttl=duration,
                 exposure_days=config.lockout.exposure_days,
+                forced=force,
             )
     if as_json:
         print_json(lock_row(lock))

@@ -120,7 +120,10 @@ def create_lock(
     actor: str,
     ttl: timedelta | None = None,
     exposure_days: int = 30,
+    forced: bool = False,
 ) -> dict[str, Any]:
+    """Store a lock (in force on every worker within a second); `forced`: the admin locked a
+    target nothing knew yet, on purpose."""
     if kind not in LOCK_KINDS:
         raise LockError("kind", f"must be one of {list(LOCK_KINDS)}")
     if not isinstance(target, str) or not _TARGET.match(target):
@@ -152,7 +155,11 @@ def create_lock(
             action="lock.create",
             target=f"{kind}:{target}",
             reason=reason.strip(),
-            after={"lock_id": lock_id, "ttl_seconds": ttl.total_seconds() if ttl else None},
+            after={
+                "lock_id": lock_id,
+                "ttl_seconds": ttl.total_seconds() if ttl else None,
+                **({"forced_unknown_target": True} if forced else {}),
+            },
             time=now,
         )
         _notify(connection)
