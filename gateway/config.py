@@ -131,6 +131,8 @@ class PolicyConfig:
     poll_interval_seconds: float = 1.0
     decision_cache_size: int = 200_000
     actions: tuple[str, ...] = ("read", "annotate", "review", "export")
+    # An apply or import removing more than this share of the rules must be confirmed.
+    max_removal_share: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,8 @@ def _policy(raw: Any) -> PolicyConfig:
     ):
         raise ConfigError("policy.actions", "must be a non-empty list of action names")
     base = _build(PolicyConfig, {k: v for k, v in raw.items() if k != "actions"}, "policy")
+    if base.max_removal_share > 1:
+        raise ConfigError("policy.max_removal_share", "is a share: at most 1")
     return PolicyConfig(**{**base.__dict__, "actions": tuple(actions)})
 
 

@@ -94,7 +94,12 @@ def restore(admin: AdminClient) -> Iterator[list[str]]:
     original = admin.lines()
     yield original
     if admin.lines() != original:
-        admin.write("/apply", policy="\n".join(original) + "\n", reason="admin api test: restore")
+        admin.write(
+            "/apply",
+            policy="\n".join(original) + "\n",
+            reason="admin api test: restore",
+            confirm_removals=True,
+        )
         time.sleep(1.5)  # the version poll runs every 0.5 s in the test config
 
 
@@ -283,6 +288,25 @@ def test_dry_run_shows_the_diff_and_changes_nothing(
     assert applied == {"version": None, "added": [ALICE_GRANT], "removed": []}
     assert (admin.version, admin.lines()) == (before, restore)
     assert status_of(gateway, ALICE_P3, "alice") == 403
+
+
+def test_apply_that_wipes_or_guts_the_policy_needs_intent(
+    gateway: Gateway, admin: AdminClient, restore: list[str]
+) -> None:
+    start = admin.version
+    empty = admin.post("/apply", {"policy": "", "reason": "oops", "base_version": start})
+    assert empty.status_code == 400
+    assert "holds no rules" in empty.json()["fields"]["policy"]
+    half = "\n".join(restore[: len(restore) // 2])
+    gutted = admin.post("/apply", {"policy": half, "reason": "oops", "base_version": start})
+    assert gutted.status_code == 400
+    assert "confirm" in gutted.json()["fields"]["confirm_removals"]
+    # A dry run shows what would be confirmed; nothing was stored meanwhile.
+    preview = admin.write("/apply", 200, policy=half, dry_run=True)
+    assert len(preview["removed"]) == len(restore) - len(restore) // 2
+    assert admin.version == start
+    done = admin.write("/apply", policy=half, reason="split policy", confirm_removals=True)
+    assert done["version"] == start + 1
 
 
 def test_apply_and_rollback(gateway: Gateway, admin: AdminClient, restore: list[str]) -> None:

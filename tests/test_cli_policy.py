@@ -416,6 +416,30 @@ def test_import_validates_like_apply_and_keeps_its_output(cli: Cli, tmp_path: Pa
     assert "\n+ " not in out  # no confirmation and no per-line listing: it is for CI
 
 
+def test_import_of_an_empty_or_truncated_file_does_not_wipe_the_policy(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.ok("policy import", str(DEMO_POLICY), *W)
+    demo = DEMO_POLICY.read_text().splitlines(keepends=True)
+    rules = [line for line in demo if line.strip() and not line.startswith("#")]
+    empty = write(tmp_path, "empty.csv", "")
+    out = cli.fails("policy import", str(empty), *W)
+    assert "holds no rules" in out and "--allow-empty" not in out.split("Error")[0]
+    truncated = write(tmp_path, "truncated.csv", "".join(rules[: len(rules) // 2]))
+    out = cli.fails("policy import", str(truncated), *W)
+    removals = [line for line in out.splitlines() if line.startswith("- ")]
+    assert "confirm" in out and len(removals) == len(rules) - len(rules) // 2
+    assert cli.versions() == [1]
+    # Meant: --yes for the removals, --allow-empty for an empty policy.
+    cli.ok("policy import", str(truncated), *W, "--yes")
+    cli.ok("policy import", str(empty), *W, "--allow-empty")
+    assert cli.versions() == [3, 2, 1]
+    assert cli.rules() == []
+    # apply asks (and --yes answers) as before; an empty file needs --allow-empty there too.
+    cli.ok("policy import", str(DEMO_POLICY), *W)
+    assert "holds no rules" in cli.fails("policy apply", str(empty), *W, "--yes")
+
+
 def test_commands_read_gateway_config_from_the_environment(roles: Cli) -> None:
     result = roles.runner.invoke(
         main, ["policy", "list", "--json"], env={"GATEWAY_CONFIG": str(roles.config)}

@@ -291,6 +291,8 @@ def apply_policy() -> Any:
             text=body["policy"],
             base_version=_int(body["base_version"]),
             dry_run=body.get("dry_run", False),
+            confirm_removals=body.get("confirm_removals", False),
+            allow_empty=body.get("allow_empty", False),
         )
     except (PolicyValidationError, store.StaleVersion):
         raise

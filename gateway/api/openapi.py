@@ -154,6 +154,15 @@ REQUESTS: dict[str, dict[str, Any]] = {
                 "description": "the whole policy as Casbin CSV (p/g lines, optional "
                 "FROM/UNTIL window as the last field)",
             },
+            "confirm_removals": {
+                "type": "boolean",
+                "description": "required to remove more than [policy] max_removal_share of "
+                "the rules in force (preview with dry_run first)",
+            },
+            "allow_empty": {
+                "type": "boolean",
+                "description": "required when the policy holds no rules at all",
+            },
             **_WRITE_PROPERTIES,
         },
         ["policy", "reason", "base_version"],

@@ -734,6 +734,7 @@ def policy_rollback(
 @click.argument("policy_file", type=click.Path(exists=True, dir_okay=False))
 @write_options()
 @click.option("--yes", "-y", is_flag=True, help="apply without asking for confirmation")
+@click.option("--allow-empty", is_flag=True, help="a file without rules empties the policy")
 @friendly_errors()
 def policy_apply(
     config_path: str | None,
@@ -743,6 +744,7 @@ def policy_apply(
     base_version: int | None,
     dry_run: bool,
     yes: bool,
+    allow_empty: bool,
 ) -> None:
     """Make a reviewed policy set (Casbin CSV) the whole policy, as one version.
 
@@ -780,8 +782,15 @@ def policy_apply(
                 abort=True,
             )
         # Based on the version previewed: what was shown is exactly what gets applied.
+        # The admin saw the removals (and confirmed, or passed --yes).
         result = admin.apply(
-            actor=actor, reason=reason, text=text, source=policy_file, base_version=base
+            actor=actor,
+            reason=reason,
+            text=text,
+            source=policy_file,
+            base_version=base,
+            confirm_removals=True,
+            allow_empty=allow_empty,
         )
     click.echo(
         f"applied {policy_file} as policy version {result.version} "
@@ -800,25 +809,55 @@ def policy_apply(
     default=None,
     help="refuse the change unless the policy is still at this version",
 )
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="confirm removing more than [policy] max_removal_share of the rules",
+)
+@click.option("--allow-empty", is_flag=True, help="a file without rules empties the policy")
 @friendly_errors(db_prefix="could not store the policy: ")
 def policy_import(
-    config_path: str | None, csv_file: str, actor: str, reason: str, base_version: int | None
+    config_path: str | None,
+    csv_file: str,
+    actor: str,
+    reason: str,
+    base_version: int | None,
+    yes: bool,
+    allow_empty: bool,
 ) -> None:
     """Replace the whole rule set with CSV_FILE as one new policy version.
 
-    Validated like `apply`, without showing the lines or asking: for CI and the demo.
-    Importing an unchanged file still records a version.
+    Validated like `apply`, without asking: for CI and the demo. Importing an unchanged
+    file still records a version. A file without rules is refused unless --allow-empty;
+    one that removes more than [policy] max_removal_share of the rules (a truncated or
+    wrong file) prints the removals and is refused unless --yes.
     """
     from gateway.policy import parse_csv, store
+    from gateway.policy.admin import PolicyValidationError
 
     text = read_text(csv_file)
     rules = parse_csv(text, source=csv_file)
     with policy_admin(config_path) as admin:
-        current, _ = admin.rules()
+        current, in_force = admin.rules()
         base = current if base_version is None else base_version
         preview = admin.apply(
             actor=actor, reason=reason, text=text, source=csv_file, base_version=base, dry_run=True
         )
+        try:
+            admin.check_removals(
+                len(set(rules)),
+                len(preview.removed),
+                len(set(in_force)),
+                confirmed=yes,
+                allow_empty=allow_empty,
+            )
+        except PolicyValidationError:
+            for line in preview.removed[:50]:
+                click.echo(f"- {line}", err=True)
+            if len(preview.removed) > 50:
+                click.echo(f"  ... and {len(preview.removed) - 50} more", err=True)
+            raise
         version = store.replace_rules(
             admin.db, rules, actor=actor, reason=reason, action="policy.import", base_version=base
         )

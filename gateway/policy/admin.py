@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,23 +316,61 @@ class PolicyAdmin:
         source: str = "policy",
         base_version: int | None = None,
         dry_run: bool = False,
+        confirm_removals: bool = False,
+        allow_empty: bool = False,
+        action: str = "policy.apply",
     ) -> ChangeResult:
-        """Make a whole reviewed policy set (Casbin CSV) the policy, as one version."""
+        """Make a whole reviewed policy set (Casbin CSV) the policy, as one version.
+
+        A set that would wipe the policy (an empty or truncated file, the wrong file) is
+        refused unless the caller says so: `allow_empty` for no rules at all,
+        `confirm_removals` for removing more than `[policy] max_removal_share` of them.
+        A dry run is never refused: it is how the caller sees what it would confirm.
+        """
         try:
             wanted = set(parse_csv(text, source=source))
         except PolicyFileError as error:
             raise PolicyValidationError({"policy": str(error)}) from None
         _, current = self.rules()
         existing = set(current)
+        removed = existing - wanted
         return self._change(
             add=sorted(wanted - existing),
-            remove=sorted(existing - wanted),
+            remove=sorted(removed),
             actor=actor,
             reason=reason,
-            action="policy.apply",
+            action=action,
             base_version=base_version,
             dry_run=dry_run,
+            before_commit=lambda: self.check_removals(
+                len(wanted),
+                len(removed),
+                len(existing),
+                confirmed=confirm_removals,
+                allow_empty=allow_empty,
+            ),
         )
+
+    def check_removals(
+        self, wanted: int, removed: int, existing: int, *, confirmed: bool, allow_empty: bool
+    ) -> None:
+        """Refuse a whole-policy write that empties or mostly removes the policy unasked."""
+        if wanted == 0 and existing and not allow_empty:
+            raise PolicyValidationError(
+                {
+                    "policy": f"holds no rules: it would remove all {existing} rules in force;"
+                    " an empty policy must be asked for explicitly (allow_empty)"
+                }
+            )
+        share = removed / existing if existing else 0.0
+        limit = self.config.policy.max_removal_share
+        if share > limit and not confirmed and not (wanted == 0 and allow_empty):
+            raise PolicyValidationError(
+                {
+                    "confirm_removals": f"the change removes {removed} of {existing} rules"
+                    f" ({share:.0%}, more than {limit:.0%}): review the difference and confirm"
+                }
+            )
 
     def rollback(
         self, *, actor: str, reason: str, version: int, base_version: int | None = None
@@ -383,6 +422,7 @@ class PolicyAdmin:
         action: str,
         base_version: int | None,
         dry_run: bool,
+        before_commit: Callable[[], None] | None = None,
     ) -> ChangeResult:
         if not reason or not reason.strip():
             raise PolicyValidationError({"reason": "a reason is required"})
@@ -401,6 +441,8 @@ class PolicyAdmin:
             return ChangeResult(None, added, removed)
         if not add and not remove:
             raise PolicyValidationError({"rules": "the change changes nothing"})
+        if before_commit is not None:
+            before_commit()
         new_version = store.commit_change(
             self.db,
             add=add,
