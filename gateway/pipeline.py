@@ -480,21 +480,30 @@ class Pipeline:
             upstream_status=upstream_response.status,
             bytes=int(length) if length and length.isdigit() else None,
         )
-        try:
-            self._commit_before_release(ctx, [row])
-        except BaseException:
-            upstream_response.close()
-            raise
         assert ctx.principal is not None
         download = Download(ctx.principal, match.project, upstream_response)
+        body = GuardedStream(
+            download,
+            self.downloads,
+            locked=lambda d: self._lock_hit(d.principal, d.project) is not None,
+            ended_early=lambda reason: self._log_ended_early(ctx, reason),
+            label=ctx.request_id,
+        )
+        try:
+            if not _has_no_body(ctx.method, upstream_response.status):
+                body.prefetch()
+            self._commit_before_release(ctx, [row])
+        except UpstreamError as error:
+            if download.cut_off:
+                raise Denial(
+                    403, "locked", "access is suspended", reason="stream_cut:locked"
+                ) from None
+            raise Denial(error.status, error.error, error.message, reason=error.reason) from None
+        except BaseException:
+            body.close()
+            raise
         response = Response(
-            GuardedStream(
-                download,
-                self.downloads,
-                locked=lambda d: self._lock_hit(d.principal, d.project) is not None,
-                ended_early=lambda reason: self._log_ended_early(ctx, reason),
-                label=ctx.request_id,
-            ),
+            body,
             status=upstream_response.status,
             headers=response_headers_for_client(upstream_response.headers.items()),
             direct_passthrough=True,

@@ -362,6 +362,21 @@ class _Lingering:
     drained: int = 0
 
 
+def _drained(entry: _Lingering) -> bool:
+    """Read what the client sent after our FIN; True once it closed (or sent too much)."""
+    while entry.drained < LINGER_MAX_BYTES:
+        try:
+            data = entry.sock.recv(16384)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True
+        entry.drained += len(data)
+    return True
+
+
 # --- the worker --------------------------------------------------------------------------
 
 
@@ -415,6 +430,8 @@ class GatewayThreadWorker(ThreadWorker):
         )
         if self.gather:
             self._gather(conn)
+            # The request often came with the connection: then no trip through the poller.
+            self._on_readable(conn, client_sock)
         else:
             self.enqueue_req(conn)
 
@@ -548,13 +565,18 @@ class GatewayThreadWorker(ThreadWorker):
         clients that keep a `Connection: close` socket open then stall it for 40 s.
         """
         sock = conn.sock
-        if len(self.lingering) >= self.worker_connections:
-            util.close(sock)
-            return
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
-            entry = _Lingering(sock, time.monotonic() + LINGER_SECONDS)
+        except OSError:
+            util.close(sock)
+            return
+        entry = _Lingering(sock, time.monotonic() + LINGER_SECONDS)
+        # Most clients have closed by now: then no trip through the poller is needed.
+        if _drained(entry) or len(self.lingering) >= self.worker_connections:
+            util.close(sock)
+            return
+        try:
             self.poller.register(
                 sock, selectors.EVENT_READ, partial(self._on_linger_readable, entry)
             )
@@ -564,14 +586,7 @@ class GatewayThreadWorker(ThreadWorker):
         self.lingering[sock] = entry
 
     def _on_linger_readable(self, entry: _Lingering, _sock: Any) -> None:
-        try:
-            data = entry.sock.recv(16384)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        entry.drained += len(data)
-        if not data or entry.drained >= LINGER_MAX_BYTES:
+        if _drained(entry):
             self._end_linger(entry)
 
     def _end_linger(self, entry: _Lingering) -> None:

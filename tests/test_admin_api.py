@@ -290,6 +290,16 @@ def test_dry_run_shows_the_diff_and_changes_nothing(
     assert status_of(gateway, ALICE_P3, "alice") == 403
 
 
+def test_grant_on_an_unknown_project_names_the_near_match(admin: AdminClient) -> None:
+    body = {"subject": "acme-idp:bob", "project": "proj-l", "action": "read", "reason": "x"}
+    typo = admin.post("/grants", {**body, "base_version": admin.version})
+    assert typo.status_code == 400
+    assert "did you mean" in typo.json()["fields"]["project"]
+    assert "'proj-1'" in typo.json()["fields"]["project"]
+    meant = admin.write("/grants", 200, **body, new_project=True, dry_run=True)
+    assert meant["added"] == ["p, acme-idp:bob, proj-l, *, read, allow"]
+
+
 def test_apply_that_wipes_or_guts_the_policy_needs_intent(
     gateway: Gateway, admin: AdminClient, restore: list[str]
 ) -> None:

@@ -440,6 +440,27 @@ def test_import_of_an_empty_or_truncated_file_does_not_wipe_the_policy(
     assert "holds no rules" in cli.fails("policy apply", str(empty), *W, "--yes")
 
 
+def test_without_a_project_list_the_policy_and_the_log_are_the_registry(
+    cli: Cli, tmp_path: Path, db_url: str
+) -> None:
+    registry_free = tmp_path / "no-projects.toml"
+    registry_free.write_text(CONFIG.format(db_url=db_url).split("[[projects]]")[0])
+    cli.ok("policy import", str(DEMO_POLICY), *W)
+
+    def run(*args: str) -> Result:
+        return cli.run(*args, *W, config=registry_free)
+
+    typo = run("policy grant --sub acme-idp:bob --project proj-l --action read")
+    assert typo.exit_code != 0
+    assert "unknown project 'proj-l'" in typo.output and "'proj-1'" in typo.output
+    assert "--new-project" in typo.output or "new_project" in typo.output
+    role = run("policy role --project proj-9 --name annotator --actions read --new-project")
+    assert role.exit_code == 0, role.output
+    # Once the policy names it, the project is known.
+    grant = run("policy grant --vendor acme --project proj-9 --role annotator")
+    assert grant.exit_code == 0, grant.output
+
+
 def test_commands_read_gateway_config_from_the_environment(roles: Cli) -> None:
     result = roles.runner.invoke(
         main, ["policy", "list", "--json"], env={"GATEWAY_CONFIG": str(roles.config)}

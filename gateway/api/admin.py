@@ -221,6 +221,7 @@ def grant() -> Any:
         not_after=not_after,
         base_version=_int(body["base_version"]),
         dry_run=body.get("dry_run", False),
+        new_project=body.get("new_project", False),
     )
     return _change(result)
 
@@ -241,6 +242,7 @@ def deny() -> Any:
         not_after=not_after,
         base_version=_int(body["base_version"]),
         dry_run=body.get("dry_run", False),
+        new_project=body.get("new_project", False),
     )
     return _change(result)
 
@@ -257,6 +259,7 @@ def define_role() -> Any:
         actions=body["actions"],
         base_version=_int(body["base_version"]),
         dry_run=body.get("dry_run", False),
+        new_project=body.get("new_project", False),
     )
     return _change(result)
 

@@ -80,6 +80,11 @@ _SUBJECT_PROPERTIES = {
     "vendor": {**VENDOR, "description": "a whole vendor (acme); becomes vendor:acme"},
 }
 _WRITE_PROPERTIES = {"reason": REASON, "base_version": BASE_VERSION, "dry_run": DRY_RUN}
+NEW_PROJECT = {
+    "type": "boolean",
+    "description": "the project is new (not yet in the policy or the access log); without it"
+    " a grant on an unknown project is refused as a likely typo, naming near matches",
+}
 
 
 def _object(properties: dict[str, Any], required: list[str], **extra: Any) -> dict[str, Any]:
@@ -104,6 +109,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
             "action": {**NAME, "description": "a single action (read)"},
             "from": {**INSTANT, "description": "the grant starts here; " + INSTANT["description"]},
             "until": {**INSTANT, "description": "the grant ends here; " + INSTANT["description"]},
+            "new_project": NEW_PROJECT,
             **_WRITE_PROPERTIES,
         },
         ["project", "reason", "base_version"],
@@ -122,6 +128,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
             "action": NAME,
             "from": INSTANT,
             "until": INSTANT,
+            "new_project": NEW_PROJECT,
             **_WRITE_PROPERTIES,
         },
         ["project", "action", "reason", "base_version"],
@@ -133,6 +140,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
             "project": NAME,
             "role": NAME,
             "actions": {"type": "array", "items": NAME, "minItems": 1, "maxItems": 64},
+            "new_project": NEW_PROJECT,
             **_WRITE_PROPERTIES,
         },
         ["project", "role", "actions", "reason", "base_version"],

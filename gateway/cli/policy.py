@@ -338,6 +338,11 @@ def policy_group() -> None:
 @click.option("--role", help="a role defined in the project (see `policy role`)")
 @click.option("--action", help="a single action, e.g. read")
 @window_options
+@click.option(
+    "--new-project",
+    is_flag=True,
+    help="the project is new: not yet in the policy or the access log (else refused as a typo)",
+)
 @write_options()
 @friendly_errors()
 def policy_grant(
@@ -354,6 +359,7 @@ def policy_grant(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    new_project: bool,
 ) -> None:
     """Give a contractor (--sub) or a whole vendor (--vendor) a role or an action.
 
@@ -374,6 +380,7 @@ def policy_grant(
             not_after=not_after,
             base_version=base_version,
             dry_run=dry_run,
+            new_project=new_project,
         )
     print_change(result, "granted")
 
@@ -385,6 +392,11 @@ def policy_grant(
 @click.option("--task", default="*", show_default=True, help="task or task pattern (task-*)")
 @click.option("--action", required=True, help="the action denied, e.g. read")
 @window_options
+@click.option(
+    "--new-project",
+    is_flag=True,
+    help="the project is new: not yet in the policy or the access log (else refused as a typo)",
+)
 @write_options()
 @friendly_errors()
 def policy_deny(
@@ -400,6 +412,7 @@ def policy_deny(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    new_project: bool,
 ) -> None:
     """Deny an action explicitly; a deny overrides every allow."""
     with policy_admin(config_path) as admin:
@@ -416,6 +429,7 @@ def policy_deny(
             not_after=not_after,
             base_version=base_version,
             dry_run=dry_run,
+            new_project=new_project,
         )
     print_change(result, "denied")
 
@@ -425,6 +439,11 @@ def policy_deny(
 @click.option("--project", required=True)
 @click.option("--name", "role", required=True, help="role name, e.g. annotator")
 @click.option("--actions", required=True, help="comma-separated actions, e.g. read,annotate")
+@click.option(
+    "--new-project",
+    is_flag=True,
+    help="the project is new: not yet in the policy or the access log (else refused as a typo)",
+)
 @write_options()
 @friendly_errors()
 def policy_role(
@@ -436,6 +455,7 @@ def policy_role(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    new_project: bool,
 ) -> None:
     """Define a role in a project (or add actions to it)."""
     names = [a.strip() for a in actions.split(",") if a.strip()]
@@ -450,6 +470,7 @@ def policy_role(
             actions=names,
             base_version=base_version,
             dry_run=dry_run,
+            new_project=new_project,
         )
     print_change(result, "defined")
 

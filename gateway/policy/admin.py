@@ -7,6 +7,7 @@ API are thin layers over this module.
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from collections.abc import Callable
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casbin.util import key_match
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from gateway.config import Config
+from gateway.db.models import AccessEvent
 from gateway.policy import store
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.rules import PolicyFileError, Rule, format_instant, parse_csv, validate_rule
@@ -197,8 +199,12 @@ class PolicyAdmin:
         not_after: float | None = None,
         base_version: int | None = None,
         dry_run: bool = False,
+        new_project: bool = False,
     ) -> ChangeResult:
-        """Give `subject` a role or an action in a project, maybe narrowed to a task."""
+        """Give `subject` a role or an action in a project, maybe narrowed to a task.
+
+        A project nothing knows yet (a typo, most likely) is refused unless `new_project`.
+        """
         if (role is None) == (action is None):
             raise PolicyValidationError({"role": "give exactly one of a role or an action"})
         _check_grantee(subject)
@@ -223,6 +229,7 @@ class PolicyAdmin:
             action="policy.grant",
             base_version=base_version,
             dry_run=dry_run,
+            allow_new_project=new_project,
         )
 
     def deny(
@@ -238,6 +245,7 @@ class PolicyAdmin:
         not_after: float | None = None,
         base_version: int | None = None,
         dry_run: bool = False,
+        new_project: bool = False,
     ) -> ChangeResult:
         _check_grantee(subject)
         rule = self._rule(
@@ -251,6 +259,7 @@ class PolicyAdmin:
             action="policy.deny",
             base_version=base_version,
             dry_run=dry_run,
+            allow_new_project=new_project,
         )
 
     def define_role(
@@ -263,6 +272,7 @@ class PolicyAdmin:
         actions: list[str],
         base_version: int | None = None,
         dry_run: bool = False,
+        new_project: bool = False,
     ) -> ChangeResult:
         name = role_name(role)
         added = [self._rule("p", [name, project, "*", a, "allow"], None) for a in actions]
@@ -274,6 +284,7 @@ class PolicyAdmin:
             action="policy.role",
             base_version=base_version,
             dry_run=dry_run,
+            allow_new_project=new_project,
         )
 
     def revoke(
@@ -423,6 +434,7 @@ class PolicyAdmin:
         base_version: int | None,
         dry_run: bool,
         before_commit: Callable[[], None] | None = None,
+        allow_new_project: bool = True,
     ) -> ChangeResult:
         if not reason or not reason.strip():
             raise PolicyValidationError({"reason": "a reason is required"})
@@ -434,6 +446,8 @@ class PolicyAdmin:
         existing = set(current)
         add = [r for r in dict.fromkeys(add) if r not in existing]
         after = (existing - set(remove)) | set(add)
+        if not allow_new_project:
+            self._refuse_new_projects(add, existing)
         self.validate(after, add)
         added = sorted(r.to_csv_line() for r in add)
         removed = sorted(r.to_csv_line() for r in remove)
@@ -453,6 +467,34 @@ class PolicyAdmin:
             base_version=version,
         )
         return ChangeResult(new_version, added, removed)
+
+    def _refuse_new_projects(self, added: list[Rule], existing: set[Rule]) -> None:
+        """A grant must name a project the gateway knows: the project registry by default.
+
+        Known: `[[projects]]` when configured (checked by `validate`), else the projects of
+        the policy in force and of the access log. A new project is created on purpose.
+        """
+        if self.projects:
+            return
+        known = {rule.project for rule in existing}
+        for project in sorted({rule.project for rule in added} - known):
+            if self._project_in_log(project):
+                continue
+            near = difflib.get_close_matches(project, sorted(known), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            raise PolicyValidationError(
+                {
+                    "project": f"unknown project {project!r}: not in the policy or the access"
+                    f" log{hint} (a new project must be asked for: new_project)"
+                }
+            )
+
+    def _project_in_log(self, project: str) -> bool:
+        with self.db.connect() as connection:
+            found = connection.execute(
+                select(AccessEvent.id).where(AccessEvent.project == project).limit(1)
+            ).first()
+        return found is not None
 
     def validate(self, rules: set[Rule], added: list[Rule]) -> None:
         """Refuse unknown projects, roles, actions and subjects, and grants above a ceiling."""

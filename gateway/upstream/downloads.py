@@ -89,14 +89,32 @@ class GuardedStream:
         self._ended_early = ended_early
         self._label = label
         self._chunks = download.response.stream(STREAM_CHUNK)
+        self._first: bytes | None = None
         self._closed = False
         downloads.add(download)
+
+    def prefetch(self) -> None:
+        """Wait for the first piece before anything is sent.
+
+        An upstream that fails before its first byte then gets a clean JSON error, not a
+        connection closed without a status line (which clients take for a stale
+        keep-alive connection and retry). Raises UpstreamError.
+        """
+        try:
+            self._first = next(self._chunks, b"")
+        except UpstreamError:
+            self.close()
+            raise
 
     def __iter__(self) -> GuardedStream:
         return self
 
     def __next__(self) -> bytes:
         download = self._download
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            if chunk:
+                return self._checked(chunk)
         try:
             chunk = next(self._chunks)
         except StopIteration:
@@ -107,6 +125,10 @@ class GuardedStream:
                 self._end("stream_cut:locked")
             log.warning("download %s: upstream broke off (%s)", self._label, error.reason)
             self._end(f"stream_broken:{error.reason}")
+        return self._checked(chunk)
+
+    def _checked(self, chunk: bytes) -> bytes:
+        download = self._download
         if download.cut_off or self._locked(download):
             download.cut_off = True
             self._end("stream_cut:locked")

@@ -104,9 +104,18 @@ class UpstreamResponse:
         return decode_body(self.read(limit), self.content_encoding, limit)
 
     def stream(self, chunk_size: int = STREAM_CHUNK) -> Iterator[bytes]:
-        """The body as sent, chunk by chunk; a timeout or a cut body raises UpstreamError."""
+        """The body as sent, in pieces as they arrive (up to `chunk_size`).
+
+        A piece is handed on as soon as the upstream has sent it: waiting for a full chunk
+        would hold back a trickling download. A timeout or a cut body raises UpstreamError.
+        """
+        raw = self._raw
         try:
-            yield from self._raw.stream(chunk_size, decode_content=False)
+            while True:
+                piece = raw.read1(chunk_size, decode_content=False)
+                if not piece:
+                    return
+                yield piece
         except TimeoutError:
             raise _timed_out() from None
         except (HTTPError, OSError, http.client.HTTPException):
