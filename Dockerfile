@@ -20,4 +20,7 @@ USER gateway
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/_gateway/health').status == 200 else 1)"
 # Migrations run as a separate step: `docker run ... gateway db upgrade`.
-CMD ["gunicorn", "-k", "gthread", "-w", "4", "--threads", "16", "-b", "0.0.0.0:8080", "wsgi:app"]
+# The worker class bounds slow clients (GATEWAY_CLIENT_HEADER_TIMEOUT, _BODY_TIMEOUT,
+# _BODY_MIN_RATE; README "Running it for real"); put a buffering proxy such as nginx in front.
+CMD ["gunicorn", "-k", "gateway.serving.GatewayThreadWorker", "-w", "4", "--threads", "16", \
+     "--keep-alive", "5", "-b", "0.0.0.0:8080", "wsgi:app"]

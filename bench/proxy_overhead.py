@@ -169,7 +169,7 @@ def gunicorn_settings(workers: int, threads: int) -> list[str]:
     """The one gunicorn command line both proxies run under (as tests/conftest.py does)."""
     return [
         "-k",
-        "gthread",
+        "gateway.serving.GatewayThreadWorker",
         "-w",
         str(workers),
         "--threads",

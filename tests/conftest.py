@@ -3,7 +3,8 @@
 - `idp`: oidc-provider-mock issuing RFC 9068 JWT access tokens (tests/support/idp.py)
 - `opaque_idp`: the stock `oidc-provider-mock` command, whose access tokens are opaque
 - `upstream`: the bundled sample dataset service (`gateway demo-upstream`)
-- `gateway`: the gateway under gunicorn (2 gthread workers), on SQLite and on PostgreSQL
+- `gateway`: the gateway under gunicorn (2 workers of `gateway.serving.GatewayThreadWorker`,
+  gthread with client timeouts), on SQLite and on PostgreSQL
 
 PostgreSQL runs when GATEWAY_TEST_POSTGRES names a server (CI sets it); otherwise those
 tests are skipped and the summary says so. With GATEWAY_TEST_REQUIRE_POSTGRES=1 an
@@ -440,7 +441,7 @@ def launch_gateway(
         "-m",
         "gunicorn",
         "-k",
-        "gthread",
+        "gateway.serving.GatewayThreadWorker",
         "-w",
         str(workers),
         "--threads",

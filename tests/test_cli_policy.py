@@ -469,6 +469,32 @@ def test_commands_read_gateway_config_from_the_environment(roles: Cli) -> None:
     assert json.loads(result.output)["version"] == 1
 
 
+def test_revoke_without_window_near_matches_and_by_filter(roles: Cli) -> None:
+    until = "2031-01-01T00:00:00Z"
+    roles.ok("policy grant --sub acme-idp:alice --project proj-1 --role annotator", *W)
+    roles.ok(
+        "policy grant --sub acme-idp:bob --project proj-1 --action read --task t-1",
+        "--until", until, *W,
+    )  # fmt: skip
+    # The line without its window names the only such rule.
+    out = roles.ok("policy revoke 'p, acme-idp:bob, proj-1, t-1, read, allow'", *W)
+    assert "- p, acme-idp:bob, proj-1, t-1, read, allow, ../2031-01-01T00:00:00Z" in out
+    # A near miss is named.
+    out = roles.fails("policy revoke 'g, acme-idp:alice, role:annotator, proj-2'", *W)
+    assert "did you mean 'g, acme-idp:alice, role:annotator, proj-1'" in out
+    # Or by filter: every rule of alice in proj-1 (her role membership included).
+    out = roles.ok("policy revoke --sub acme-idp:alice --project proj-1", *W)
+    assert "- g, acme-idp:alice, role:annotator, proj-1" in out
+    assert not [line for line in roles.rules() if "acme-idp:alice" in line]
+    assert "no rule of acme-idp:alice" in roles.fails(
+        "policy revoke --sub acme-idp:alice --project proj-1", *W
+    )
+    assert "not both" in roles.fails(
+        "policy revoke 'p, a:b, proj-1, *, read, allow' --sub acme-idp:alice --project proj-1",
+        *W,
+    )
+
+
 def test_revoke_from_a_file_of_lines(roles: Cli, tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -190,7 +190,7 @@ jwks_min_refresh_seconds = 30
     config_path = tmp / "gateway.toml"
     config_path.write_text(config)
     port = free_port()
-    argv = [PYTHON, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "4"]
+    argv = [PYTHON, "-m", "gunicorn", "-k", "gateway.serving.GatewayThreadWorker", "-w", "1", "--threads", "4"]
     argv += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "wsgi:app"]
     proc: Proc = start(
         argv,

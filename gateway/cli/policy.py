@@ -475,7 +475,7 @@ def policy_role(
     print_change(result, "defined")
 
 
-@policy_group.command("revoke", short_help="Remove exact rules (lines as `list` prints).")
+@policy_group.command("revoke", short_help="Remove rules: lines as `list` prints, or a filter.")
 @config_option
 @click.argument("rule_lines", nargs=-1, metavar="RULE_LINE...")
 @click.option(
@@ -484,25 +484,57 @@ def policy_role(
     type=click.Path(exists=True, dir_okay=False),
     help="a file of rule lines to revoke",
 )
+@subject_options
+@click.option("--project", help="with --sub/--vendor: the project whose rules go")
+@click.option("--task", help="with --project: only rules on this task (pattern)")
+@click.option("--action", help="with --project: only rules of this action")
 @write_options()
 @friendly_errors()
 def policy_revoke(
     config_path: str | None,
     rule_lines: tuple[str, ...],
     rules_file: str | None,
+    sub: str | None,
+    vendor: str | None,
+    project: str | None,
+    task: str | None,
+    action: str | None,
     reason: str,
     actor: str,
     base_version: int | None,
     dry_run: bool,
 ) -> None:
-    """Remove exact rules, given as the lines `policy list` prints (RULE column)."""
+    """Remove rules, given as the lines `policy list` prints (RULE column), or chosen by
+    --sub/--vendor and --project (and --task, --action).
+
+    A line without its validity window names the rule when only one window exists.
+    """
     lines = list(rule_lines)
     if rules_file is not None:
         lines.extend(read_text(rules_file).splitlines())
+    by_filter = sub is not None or vendor is not None or project is not None
+    if by_filter and lines:
+        refuse("RULE_LINE", "give rule lines or --sub/--vendor with --project, not both")
+    if not by_filter and (task is not None or action is not None):
+        refuse("--task/--action", "narrow a --sub/--vendor --project revoke")
     with policy_admin(config_path) as admin:
-        result = admin.revoke(
-            actor=actor, reason=reason, lines=lines, base_version=base_version, dry_run=dry_run
-        )
+        if by_filter:
+            if project is None:
+                refuse("--project", "name the project whose rules are revoked")
+            result = admin.revoke_matching(
+                actor=actor,
+                reason=reason,
+                subject=resolve_subject(admin.config, sub, vendor),
+                project=project,
+                task=task,
+                action=action,
+                base_version=base_version,
+                dry_run=dry_run,
+            )
+        else:
+            result = admin.revoke(
+                actor=actor, reason=reason, lines=lines, base_version=base_version, dry_run=dry_run
+            )
     print_change(result, "revoked")
 
 

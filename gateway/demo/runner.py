@@ -272,7 +272,15 @@ class Demo:
         click.echo("  " + self.cli("db", "upgrade"))
         click.echo("  " + self.cli("policy", "import", str(DEMO_POLICY), "--reason", "demo seed"))
 
-        gateway_argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "2"]
+        gateway_argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gateway.serving.GatewayThreadWorker",
+            "-w",
+            "2",
+        ]
         gateway_argv += ["--threads", "8", "-b", f"{HOST}:{self.ports.gateway}", "wsgi:app"]
         gateway = self.start("gateway", "gateway.log", gateway_argv, self.gateway_env())
         self.wait_for(gateway, f"{self.ports.gateway_url}/_gateway/ready", what="become ready")

@@ -76,6 +76,33 @@ def subject_name(*, sub: str | None = None, vendor: str | None = None) -> str:
     return sub
 
 
+def _revoke_selects(rule: Rule, task: str | None, action: str | None) -> bool:
+    if rule.ptype == "g":
+        return task is None and action is None
+    return task in (None, rule.values[2]) and action in (None, rule.values[3])
+
+
+def _stored_rule(wanted: Rule, current: list[Rule]) -> Rule:
+    """The stored rule a revoke names: exactly, or without its window when unambiguous."""
+    if wanted in set(current):
+        return wanted
+    line = wanted.to_csv_line()
+    if wanted.window is None:
+        same = [r for r in current if (r.ptype, r.values) == (wanted.ptype, wanted.values)]
+        if len(same) == 1:
+            return same[0]
+        if same:
+            raise PolicyValidationError(
+                {
+                    "rules": f"{line!r} is in the policy with several windows; name one: "
+                    + "; ".join(r.to_csv_line() for r in same[:5])
+                }
+            )
+    near = difflib.get_close_matches(line, [r.to_csv_line() for r in current], n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    raise PolicyValidationError({"rules": f"not in the policy: {line!r}{hint}"})
+
+
 def role_name(role: str) -> str:
     return role if role.startswith("role:") else f"role:{role}"
 
@@ -304,13 +331,52 @@ class PolicyAdmin:
         except PolicyFileError as error:
             raise PolicyValidationError({"rules": str(error)}) from None
         _, current = self.rules()
-        existing = set(current)
-        missing = [r.to_csv_line() for r in wanted if r not in existing]
-        if missing:
-            raise PolicyValidationError({"rules": f"not in the policy: {missing[:5]}"})
         return self._change(
             add=[],
-            remove=wanted,
+            remove=[_stored_rule(rule, current) for rule in wanted],
+            actor=actor,
+            reason=reason,
+            action="policy.revoke",
+            base_version=base_version,
+            dry_run=dry_run,
+        )
+
+    def revoke_matching(
+        self,
+        *,
+        actor: str,
+        reason: str,
+        subject: str,
+        project: str,
+        task: str | None = None,
+        action: str | None = None,
+        base_version: int | None = None,
+        dry_run: bool = False,
+    ) -> ChangeResult:
+        """Remove every rule of `subject` in `project` (narrowed by task and action).
+
+        Role memberships (`g` rules) go with a project-wide revoke (no task, no action).
+        """
+        _, current = self.rules()
+        chosen = [
+            rule
+            for rule in current
+            if rule.subject == subject
+            and rule.project == project
+            and _revoke_selects(rule, task, action)
+        ]
+        if not chosen:
+            near = difflib.get_close_matches(
+                f"{subject} {project}",
+                sorted({f"{r.subject} {r.project}" for r in current}),
+                n=3,
+                cutoff=0.6,
+            )
+            hint = f"; rules exist for {', '.join(repr(n) for n in near)}" if near else ""
+            raise PolicyValidationError({"rules": f"no rule of {subject} in {project}{hint}"})
+        return self._change(
+            add=[],
+            remove=chosen,
             actor=actor,
             reason=reason,
             action="policy.revoke",
