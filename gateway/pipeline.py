@@ -31,6 +31,7 @@ from gateway.context import (
 from gateway.identity import AuthError, Principal, TokenVerifier
 from gateway.keys import GatewayKeys
 from gateway.lockout import LockHit, LockState
+from gateway.lockout.canary import CanaryTripwire
 from gateway.policy import PolicyEngine
 from gateway.records import ExtractedRecord, RecordBody, RecordError
 from gateway.routemap import PathRejected, RouteError, RouteMap, RouteMatch, normalise_path
@@ -64,9 +65,11 @@ class Pipeline:
         signer: GatewayKeys,
         audit: AuditWriter,
         locks: LockState,
+        canaries: CanaryTripwire,
     ) -> None:
         self.config = config
         self.locks = locks
+        self.canaries = canaries
         self.downloads = ActiveDownloads()
         self._dropped_seen: set[tuple[str, tuple[str, ...]]] = set()
         locks.on_change(self._on_locks_changed)
@@ -85,7 +88,8 @@ class Pipeline:
             try:
                 return self._run(ctx, request)
             except Denial as denial:
-                self.audit.write([ctx.row(decision="deny", reason=denial.reason)])
+                if not isinstance(denial, _AlreadyLogged):
+                    self.audit.write([ctx.row(decision="deny", reason=denial.reason)])
                 discard_unread_body(request)
                 return json_error(
                     denial.status, denial.error, denial.message, ctx.request_id, denial.headers
@@ -145,6 +149,8 @@ class Pipeline:
         ctx.match = self._route(ctx, path)
         self._check_locks(ctx, ctx.match.project)
         self._authorize(ctx)
+        if ctx.match.record is not None and self.canaries.canaries([ctx.match.record]):
+            self._refuse_canary_path(ctx)
         upstream_response = self._forward(ctx, request)
         route = ctx.match.route
         status = upstream_response.status
@@ -282,8 +288,16 @@ class Pipeline:
             body = RecordBody.parse(spec, raw, max_values=self.config.upstream.max_json_values)
         except RecordError as error:
             raise _unaccountable(match, error) from None
+        canaries = self.canaries.canaries([record.record_id for record in body.records])
+        if canaries and self.canaries.withhold:
+            return self._withhold_canaries(ctx, body.records, canaries, upstream_response.status)
         verdicts = [self._record_verdict(ctx, record) for record in body.records]
         rows = self._record_rows(ctx, body.records, verdicts, upstream_response.status)
+        if canaries:
+            # Released and marked ([anomaly] canary_on_fetch = "release").
+            for row in rows:
+                if row["record_id"] in canaries and row["decision"] == "allow":
+                    row["reason"] = "canary"
         withheld = [verdict is not None for verdict in verdicts]
         if spec.single and any(withheld):
             self.audit.write(rows)
@@ -304,6 +318,8 @@ class Pipeline:
                 )
             )
         self._commit_before_release(ctx, rows)
+        if canaries:
+            self._trip(ctx, canaries)
         response = Response(
             released,
             status=upstream_response.status,
@@ -362,6 +378,39 @@ class Pipeline:
             response.headers["Retry-After"] = retry_after
         response.headers["X-Request-Id"] = ctx.request_id
         return response
+
+    def _trip(self, ctx: RequestContext, canaries: list[str]) -> int | None:
+        assert ctx.principal is not None and ctx.match is not None
+        return self.canaries.trip(
+            ctx.principal,
+            canaries,
+            request_id=ctx.request_id,
+            project=ctx.match.project,
+            client_ip=ctx.client_ip,
+        ).lock_id
+
+    def _refuse_canary_path(self, ctx: RequestContext) -> None:
+        """A path naming a canary record: refused before the upstream is asked (withhold)."""
+        assert ctx.match is not None and ctx.match.record is not None
+        if not self.canaries.withhold:
+            return  # released and marked once the body is in
+        self._trip(ctx, [ctx.match.record])
+        self.audit.write([ctx.row(decision="deny", reason="canary")])
+        raise _AlreadyLogged(403, "locked", "access is suspended")
+
+    def _withhold_canaries(
+        self,
+        ctx: RequestContext,
+        records: list[ExtractedRecord],
+        canaries: list[str],
+        upstream_status: int,
+    ) -> Response:
+        """Nothing of a response holding a canary record leaves; the contractor is locked."""
+        self._trip(ctx, canaries)
+        # The others are withheld for the company they keep, not for a lock of their own.
+        verdicts = ["canary" if r.record_id in canaries else "canary_request" for r in records]
+        self.audit.write(self._record_rows(ctx, records, verdicts, upstream_status))
+        return json_error(403, "locked", "access is suspended", ctx.request_id)
 
     def _record_rows(
         self,
@@ -512,6 +561,10 @@ class Pipeline:
             response.headers["Content-Length"] = length
         response.headers["X-Request-Id"] = ctx.request_id
         return response
+
+
+class _AlreadyLogged(Denial):
+    """A denial whose rows the stage wrote itself."""
 
 
 def _unaccountable(match: RouteMatch, error: RecordError) -> Denial:

@@ -12,6 +12,7 @@ from gateway.db.session import make_engine
 from gateway.identity import TokenVerifier
 from gateway.keys import GatewayKeys
 from gateway.lockout import LockState
+from gateway.lockout.canary import CanaryTripwire
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
 from gateway.policy.admin import PolicyAdmin
@@ -65,6 +66,7 @@ def build_services(config: Config) -> Services:
         signer=keys,
         audit=audit,
         locks=locks,
+        canaries=CanaryTripwire(db, config.anomaly, locks, config.lockout.exposure_days),
     )
     services = Services(
         config,

@@ -1,6 +1,7 @@
-"""Continuous mode end to end: a `gateway anomalies watch` process beside the real gateway
-raises an alert for a canary record fetched through it, the auditor sees the alert over
-HTTP, later rounds do not duplicate it, and SIGTERM stops the watcher cleanly."""
+"""Continuous mode end to end: a canary record fetched through the real gateway is withheld
+and alerts at once; a `gateway anomalies watch` process beside it attaches the access row
+to that same alert (the auditor sees it over HTTP), later rounds do not duplicate it, and
+SIGTERM stops the watcher cleanly."""
 
 from __future__ import annotations
 
@@ -46,24 +47,25 @@ def test_watch_raises_a_canary_alert_seen_over_the_api(gateway: Gateway) -> None
         text=True,
     )
     try:
+        time.sleep(0.6)  # every worker re-reads its canaries within the 0.25 s poll
         fetched = gateway.get(PAGE, "alice")
-        assert fetched.status_code == 200 and fetched.json()["records"][-1]["id"] == record_id
-        fetched_at = time.monotonic()
-        alerts: list[dict[str, Any]] = []
-        while time.monotonic() - fetched_at < 60 and not alerts:
-            assert watcher.poll() is None, watcher.communicate()
-            alerts = canary_alerts(gateway, record_id)
-            time.sleep(0.5)
-        assert len(alerts) == 1, "no canary alert within 60 s"
-        alert = alerts[0]
-        assert alert["severity"] == "critical" and alert["status"] == "open"
+        # Withheld, and alice locked, by the gateway itself ([anomaly] canary_* defaults).
+        assert fetched.status_code == 403, fetched.text
+        (alert,) = canary_alerts(gateway, record_id)
+        assert alert["severity"] == "high" and alert["status"] == "open"
         assert alert["contractor"].endswith(":alice")
-        # The evidence is the audit row of the request that released the canary.
+        assert alert["evidence"]["request_ids"] == [fetched.headers["X-Request-Id"]]
+        # The watcher attaches the access row of that request to the same alert.
         rows = gateway.db.rows(
             "SELECT id, request_id FROM access_log WHERE record_id = :r ORDER BY id", r=record_id
         )
-        assert alert["evidence"]["rows"] == [rows[-1][0]]
         assert rows[-1][1] == fetched.headers["X-Request-Id"]
+        fetched_at = time.monotonic()
+        while alert["evidence"]["rows"] != [rows[-1][0]]:
+            assert watcher.poll() is None, watcher.communicate()
+            assert time.monotonic() - fetched_at < 60, f"no evidence row within 60 s: {alert}"
+            time.sleep(0.5)
+            (alert,) = canary_alerts(gateway, record_id)
         # Later rounds update the same alert instead of adding another one.
         time.sleep(3)
         assert [a["id"] for a in canary_alerts(gateway, record_id)] == [alert["id"]]
@@ -77,6 +79,13 @@ def test_watch_raises_a_canary_alert_seen_over_the_api(gateway: Gateway) -> None
         gateway.cli(
             "anomalies", "canary", "remove", record_id, "--reason", "watch test done", check=False
         )
+        for lock in gateway.db.rows(
+            "SELECT id FROM locks WHERE actor = 'gateway:canary' AND lifted_at IS NULL"
+        ):
+            gateway.cli("unlock", str(lock[0]), "--reason", "watch test done", check=False)
+        deadline = time.monotonic() + 5
+        while gateway.get(PAGE, "alice").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
     assert watcher.returncode == 0, err
     rounds = [line for line in out.splitlines() if " scan: " in line]
     assert len(rounds) >= 2, out

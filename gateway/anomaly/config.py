@@ -126,6 +126,13 @@ class AnomalyConfig:
     # known address.
     offhours_volume_ratio: float = 3.0
 
+    # --- canary records fetched through the gateway ------------------------------------
+    # "withhold": the request is refused and nothing of it released; "release": released
+    # and marked. Either way the fetch is logged `canary`, locks at once and alerts.
+    canary_on_fetch: str = "withhold"
+    # Who is locked the moment a canary record is fetched: contractor, vendor or none.
+    canary_lock: str = "contractor"
+
     # --- alerts -> locks --------------------------------------------------------------
     auto_lock_detectors: tuple[str, ...] = ()
     auto_lock_min_severity: str = "critical"
@@ -182,6 +189,10 @@ def parse_anomaly_table(raw: Any) -> AnomalyConfig:
             )
     if config.auto_lock_min_severity not in SEVERITIES:
         raise AnomalyConfigError("auto_lock_min_severity", f"must be one of {list(SEVERITIES)}")
+    if config.canary_on_fetch not in ("withhold", "release"):
+        raise AnomalyConfigError("canary_on_fetch", "must be withhold or release")
+    if config.canary_lock not in ("contractor", "vendor", "none"):
+        raise AnomalyConfigError("canary_lock", "must be contractor, vendor or none")
     if config.auto_lock_kind not in ("contractor", "vendor"):
         raise AnomalyConfigError("auto_lock_kind", "must be contractor or vendor")
     for key in ("exfil_alpha", "offhours_max_share", "offhours_usual_share"):

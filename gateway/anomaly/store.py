@@ -20,6 +20,7 @@ from gateway.anomaly.config import DETECTORS, SEVERITIES
 from gateway.anomaly.detectors import Finding
 from gateway.anomaly.rollup import from_ts, utc
 from gateway.db.models import AnomalyAlert, CanaryRecord
+from gateway.lockout.store import notify_guards_changed
 from gateway.policy.store import record_admin_event
 
 STATUSES = ("open", "acknowledged", "resolved", "false_positive")
@@ -421,6 +422,7 @@ def add_canary(
                 after={"record_id": record_id, "project": project},
                 time=now,
             )
+            notify_guards_changed(connection)
     except IntegrityError:
         raise AlertError("record_id", f"{record_id} is already a canary record", 409) from None
     return {"record_id": record_id, "project": project, "reason": reason.strip(), "actor": actor}
@@ -483,6 +485,7 @@ def remove_canary(engine: Engine, record_id: str, *, reason: str, actor: str) ->
             reason=reason.strip(),
             before={"record_id": record_id, "project": row.project, "reason": row.reason},
         )
+        notify_guards_changed(connection)
 
 
 def check_detectors(names: Iterable[str]) -> list[str]:

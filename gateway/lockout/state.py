@@ -40,6 +40,8 @@ class LockState:
         self._poll_interval = poll_interval
         self._stale_after = stale_after
         self._keys: LockKeys = {}
+        # Canary record ids: a record nobody should fetch trips a lock when it does.
+        self.canaries: frozenset[str] = frozenset()
         self._last_success = float("-inf")
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,6 +79,7 @@ class LockState:
 
     def refresh(self) -> None:
         keys = store.active_lock_keys(self._db)
+        self.canaries = store.canary_record_ids(self._db)
         with self._lock:
             changed = keys != self._keys
             self._keys = keys

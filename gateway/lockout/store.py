@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from gateway.config import Config
-from gateway.db.models import AccessEvent, Lock
+from gateway.db.models import AccessEvent, CanaryRecord, Lock
 from gateway.policy.store import record_admin_event
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def create_lock(
     ttl: timedelta | None = None,
     exposure_days: int = 30,
     forced: bool = False,
+    snapshot_in_background: bool = False,
 ) -> dict[str, Any]:
     """Store a lock (in force on every worker within a second); `forced`: the admin locked a
     target nothing knew yet, on purpose."""
@@ -165,18 +167,30 @@ def create_lock(
         _notify(connection)
     # The lock is in force first; the blast radius is computed after, off the critical path.
     # Failing to compute it must not make the caller think the lock failed (and retry).
+    if kind != "project":
+        if snapshot_in_background:
+            threading.Thread(
+                target=_snapshot_exposure,
+                args=(db, lock_id, kind, target, exposure_days),
+                name=f"lock-{lock_id}-exposure",
+                daemon=True,
+            ).start()
+        else:
+            _snapshot_exposure(db, lock_id, kind, target, exposure_days)
+    return get_lock(db, lock_id)
+
+
+def _snapshot_exposure(db: Engine, lock_id: int, kind: str, target: str, days: int) -> None:
     try:
-        if kind != "project":
-            exposure = exposure_summary(db, kind, target, exposure_days)
-            with db.begin() as connection:
-                connection.execute(
-                    update(Lock)
-                    .where(Lock.id == lock_id)
-                    .values(exposure=orjson.dumps(exposure).decode())
-                )
+        exposure = exposure_summary(db, kind, target, days)
+        with db.begin() as connection:
+            connection.execute(
+                update(Lock)
+                .where(Lock.id == lock_id)
+                .values(exposure=orjson.dumps(exposure).decode())
+            )
     except Exception as error:  # the lock itself is committed and in force
         log.error("exposure snapshot for lock %s failed: %s", lock_id, error)
-    return get_lock(db, lock_id)
 
 
 def lift_lock(db: Engine, lock_id: int, *, actor: str, reason: str) -> dict[str, Any]:
@@ -263,6 +277,17 @@ def active_lock_keys(db: Engine) -> dict[tuple[str, str], tuple[int, float | Non
         if previous is None or _outlasts(expiry, previous[1]):
             keys[(kind, target)] = (lock_id, expiry)
     return keys
+
+
+def canary_record_ids(db: Engine) -> frozenset[str]:
+    """Records nobody should fetch; the pipeline trips a lock on the first that leaves."""
+    with db.connect() as connection:
+        return frozenset(connection.execute(select(CanaryRecord.record_id)).scalars())
+
+
+def notify_guards_changed(connection: Any) -> None:
+    """Tell every worker to re-read its locks and canaries now (PostgreSQL; else polled)."""
+    _notify(connection)
 
 
 def _outlasts(a: float | None, b: float | None) -> bool:
