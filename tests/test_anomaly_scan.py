@@ -13,7 +13,7 @@ import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +269,43 @@ probe_min_distinct_paths = 50
     config.write_text(config.read_text().replace("= 50", '= "many"'))
     refused = invoke(config, "scan")
     assert refused.exit_code == 1 and "anomaly.probe_min_distinct_paths" in refused.stderr
+
+
+def test_simulate_ends_by_now_so_a_plain_scan_finds_it(tmp_path: Path) -> None:
+    """`simulate` writes nothing unasked, shows progress, and its days end by now."""
+    db_url = f"sqlite:///{tmp_path / 'sim.db'}"
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[database]
+url = "{db_url}"
+
+[[issuers]]
+name = "acme-idp"
+issuer = "https://idp.acme.example"
+audience = "https://gateway.test"
+vendor = "acme"
+
+[upstream]
+url = "http://127.0.0.1:9"
+
+[[routes]]
+methods = ["GET"]
+path = "/api/projects/{{project}}/tasks"
+action = "read"
+"""
+    )
+    size = ["--seed", "3", "--contractors", "20", "--days", "24", "--output", db_url]
+    refused = invoke(config, "simulate", *size)
+    assert refused.exit_code != 0 and "--labels" in refused.output
+    labels = tmp_path / "labels.json"
+    made = invoke(config, "simulate", *size, "--labels", str(labels))
+    assert made.exit_code == 0, made.output
+    assert "simulating contractors" in made.output and "writing rows" in made.output
+    document = json.loads(labels.read_text())
+    end = datetime.fromisoformat(document["end"].replace("Z", "+00:00"))
+    now = datetime.now(UTC)
+    assert now - timedelta(days=7) < end <= now
+    scanned = invoke(config, "scan", "--json", "--quiet")
+    assert scanned.exit_code == 0, scanned.output
+    assert json.loads(scanned.output)["new_alerts"], scanned.output

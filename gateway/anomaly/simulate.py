@@ -39,9 +39,9 @@ import hashlib
 import math
 import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -236,7 +236,13 @@ class Simulator:
         days: int = 30,
         warmup_days: int = 10,
         attacks_per_family: int | None = None,
+        start: datetime | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        if start is not None and (start - START).total_seconds() % (7 * 86400):
+            # Whole weeks only: weekdays and hours of day, and so every score, stay the same.
+            raise ValueError("a simulation starts on START plus a whole number of weeks")
+        self._progress = progress
         if contractors < 20:
             raise ValueError("simulate at least 20 contractors")
         if not 1 <= vendors <= len(VENDORS):
@@ -250,7 +256,7 @@ class Simulator:
         self.n_vendors = vendors
         self.days = days
         self.warmup = warmup_days
-        self.start = START.timestamp()
+        self.start = (start or START).timestamp()
         self.per_family = attacks_per_family or max(1, round(contractors * 0.05))
         self.requests: list[Request] = []
         self.labels: list[Label] = []
@@ -920,10 +926,12 @@ class Simulator:
     def run(self) -> Simulation:
         self._world()
         self._contractors()
-        for person in self.people:
+        for done, person in enumerate(self.people, 1):
             first = len(self.requests)
             self._work(person)
             person.span = (first, len(self.requests))
+            if self._progress is not None:
+                self._progress(done, len(self.people))
         self._attacks()
         locked = {p.key: p.stop_at for p in self.people if p.stop_at is not None}
         if locked:
@@ -961,11 +969,30 @@ class Simulator:
 
 
 def simulate(
-    seed: int, *, contractors: int = 200, vendors: int = 5, days: int = 30, warmup_days: int = 10
+    seed: int,
+    *,
+    contractors: int = 200,
+    vendors: int = 5,
+    days: int = 30,
+    warmup_days: int = 10,
+    start: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Simulation:
     return Simulator(
-        seed, contractors=contractors, vendors=vendors, days=days, warmup_days=warmup_days
+        seed,
+        contractors=contractors,
+        vendors=vendors,
+        days=days,
+        warmup_days=warmup_days,
+        start=start,
+        progress=progress,
     ).run()
+
+
+def start_ending_by(end: datetime, days: int) -> datetime:
+    """The latest start, whole weeks after START, whose `days` end no later than `end`."""
+    weeks = math.floor((end - START - timedelta(days=days)).total_seconds() / (7 * 86400))
+    return START + timedelta(weeks=weeks)
 
 
 def iter_rows(simulation: Simulation) -> Iterator[dict[str, Any]]:
@@ -1030,7 +1057,13 @@ def _row_values(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def write_database(simulation: Simulation, url: str, *, batch: int = 20_000) -> int:
+def write_database(
+    simulation: Simulation,
+    url: str,
+    *,
+    batch: int = 20_000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Append the simulation's rows to `access_log` (one hash chain of its own, so `gateway
     audit verify` still holds) and mark its canaries; returns the rows written. The
     schema is brought to the newest revision first."""
@@ -1047,6 +1080,7 @@ def write_database(simulation: Simulation, url: str, *, batch: int = 20_000) -> 
             chain=f"simulated-{simulation.seed}",
             canaries_since=datetime.fromtimestamp(simulation.start, UTC),
             batch=batch,
+            progress=progress,
         )
     finally:
         engine.dispose()
@@ -1060,6 +1094,7 @@ def write_requests(
     chain: str = "simulated",
     canaries_since: datetime | None = None,
     batch: int = 20_000,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Append requests' rows to `access_log` as one valid hash chain; mark canaries."""
     from gateway.anomaly.data import MemorySource
@@ -1081,11 +1116,15 @@ def write_requests(
             with engine.begin() as connection:
                 insert_rows(connection, pending)
             written += len(pending)
+            if progress is not None:
+                progress(len(pending))
             pending = []
     if pending:
         with engine.begin() as connection:
             insert_rows(connection, pending)
         written += len(pending)
+        if progress is not None:
+            progress(len(pending))
     if canaries:
         add_canaries(
             engine,

@@ -586,34 +586,83 @@ def size_options(function: F) -> F:
     "--labels",
     "labels_path",
     type=click.Path(dir_okay=False, writable=True),
-    help="where to write the labelled attacks (default: next to a file output, else "
-    "simulation-<seed>-labels.json)",
+    help="where to write the labelled attacks (required with a database URL; default next to"
+    " a file output: NAME.labels.json)",
+)
+@click.option(
+    "--end",
+    metavar="ISO",
+    help="the simulated days end by this time (default: now), so `scan` finds them; moved in"
+    " whole weeks, which keeps every score the same",
 )
 @anomaly_errors
 def simulate_command(
-    seed: int, contractors: int, vendors: int, days: int, output: str, labels_path: str | None
+    seed: int,
+    contractors: int,
+    vendors: int,
+    days: int,
+    output: str,
+    labels_path: str | None,
+    end: str | None,
 ) -> None:
     """A seeded synthetic access log with labelled attacks (see gateway/anomaly/simulate.py)."""
-    from gateway.anomaly.simulate import labels_document, simulate, write_database, write_file
+    from gateway.anomaly.simulate import (
+        labels_document,
+        simulate,
+        start_ending_by,
+        write_database,
+        write_file,
+    )
 
+    to_database = "://" in output
+    if labels_path is None:
+        if to_database:
+            raise click.ClickException(
+                "--labels FILE is required with a database output (nothing is written to the"
+                " current directory unasked)"
+            )
+        labels_path = output.removesuffix(".gz").removesuffix(".jsonl") + ".labels.json"
     try:
-        simulation = simulate(seed, contractors=contractors, vendors=vendors, days=days)
+        until = _parse_end(end)
+        with click.progressbar(length=contractors, label="simulating contractors") as bar:
+            simulation = simulate(
+                seed,
+                contractors=contractors,
+                vendors=vendors,
+                days=days,
+                start=start_ending_by(until, days),
+                progress=lambda done, _total: bar.update(done - bar.pos),
+            )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    if "://" in output:
-        written = write_database(simulation, output)
-        default_labels = f"simulation-{seed}-labels.json"
-    else:
-        written = write_file(simulation, output)
-        default_labels = output.removesuffix(".gz").removesuffix(".jsonl") + ".labels.json"
-    labels_path = labels_path or default_labels
+    rows = len(simulation.requests)
+    with click.progressbar(length=rows, label="writing rows") as bar:
+        if to_database:
+            written = write_database(simulation, output, progress=bar.update)
+        else:
+            written = write_file(simulation, output)
+            bar.update(rows)
+    document = labels_document(simulation)
     with open(labels_path, "w", encoding="utf-8") as handle:
-        json.dump(labels_document(simulation), handle, indent=1)
+        json.dump(document, handle, indent=1)
     click.echo(
-        f"simulated seed {seed}: {contractors} contractors, {vendors} vendors, {days} days; "
-        f"{written:,} rows to {output.split('@')[-1]}; {len(simulation.labels)} labelled "
-        f"attacks and {len(simulation.canaries)} canaries in {labels_path}"
+        f"simulated seed {seed}: {contractors} contractors, {vendors} vendors, {days} days "
+        f"({document['start']} to {document['end']}); {written:,} rows to "
+        f"{output.split('@')[-1]}; {len(simulation.labels)} labelled attacks and "
+        f"{len(simulation.canaries)} canaries in {labels_path}"
     )
+
+
+def _parse_end(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--end: {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError("--end: give a UTC offset (e.g. 2026-12-01T00:00:00Z)")
+    return parsed
 
 
 @anomalies_group.command("evaluate")
