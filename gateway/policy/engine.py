@@ -31,6 +31,13 @@ from gateway.policy.rules import Rule
 
 log = logging.getLogger(__name__)
 
+# One caller at a time in pycasbin, across all of a worker's enforcers: an enforcer keeps
+# per-call scratch state, and every uncached `enforce` runs `ast.parse` (simpleeval),
+# which CPython 3.11 before 3.11.8 can fail with "SystemError: AST constructor recursion
+# depth mismatch" when two threads parse at once (gh-106905). Decisions are cached, so
+# the lock is taken only for the first decision of each kind per policy version.
+CASBIN_LOCK = threading.Lock()
+
 
 def project_model(model_text: str) -> str:
     """The model of policies/model.conf for an enforcer that holds a single project.
@@ -94,7 +101,6 @@ class PolicyEngine:
         self._poll_interval = poll_interval
         self._cache_size = cache_size
         self._snapshot: _Snapshot | None = None
-        self._enforce_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -208,8 +214,9 @@ class PolicyEngine:
         )
 
     def _build_enforcer(self, rules: frozenset[Rule]) -> casbin.Enforcer:
-        model = casbin.Enforcer.new_model(text=self._model_text)
-        enforcer = casbin.Enforcer(model)
+        with CASBIN_LOCK:
+            model = casbin.Enforcer.new_model(text=self._model_text)
+            enforcer = casbin.Enforcer(model)
         p_rules = sorted(list(r.values) for r in rules if r.ptype == "p")
         g_rules = sorted(list(r.values) for r in rules if r.ptype == "g")
         if p_rules:
@@ -231,8 +238,7 @@ class PolicyEngine:
         if enforcer is None:
             decision = Decision(False, snapshot.version, "no_policy_for_project")
         else:
-            # Casbin's enforcer keeps per-call scratch state; one caller per enforcer at a time.
-            with self._enforce_locks[project]:
+            with CASBIN_LOCK:
                 allowed = enforcer.enforce(subject, "vendor:" + vendor, project, task, action)
             decision = Decision(
                 allowed, snapshot.version, "allowed" if allowed else "policy_denied"
