@@ -1,4 +1,4 @@
-"""The request pipeline (DESIGN.md §2), in order, in one place.
+"""The request pipeline (docs/DESIGN.md §2), in order, in one place.
 
 identify → route → authorize → forward → inspect records → audit, then release.
 

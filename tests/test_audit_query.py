@@ -334,7 +334,7 @@ def test_manifest_is_complete_signed_and_fails_after_a_one_byte_change(
         gateway, "/_gateway/audit/exposure/manifest", vendor="acme", **traffic.window()
     )
     assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("text/csv")
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
     assert "attachment" in response.headers["Content-Disposition"]
     data = response.content
     document = json.loads(response.headers["X-Manifest-Signature"])

@@ -1,4 +1,4 @@
-"""Hostile inputs the gateway must refuse (DESIGN.md §8), end to end over real sockets.
+"""Hostile inputs the gateway must refuse (docs/DESIGN.md §8), end to end over real sockets.
 
 Each test sends the attack as the bytes an attacker would write (raw socket where a client
 library would clean it up) and checks the exact refusal: status, the machine-readable
@@ -190,7 +190,17 @@ jwks_min_refresh_seconds = 30
     config_path = tmp / "gateway.toml"
     config_path.write_text(config)
     port = free_port()
-    argv = [PYTHON, "-m", "gunicorn", "-k", "gateway.serving.GatewayThreadWorker", "-w", "1", "--threads", "4"]
+    argv = [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gateway.serving.GatewayThreadWorker",
+        "-w",
+        "1",
+        "--threads",
+        "4",
+    ]
     argv += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "wsgi:app"]
     proc: Proc = start(
         argv,

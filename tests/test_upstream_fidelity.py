@@ -1,4 +1,4 @@
-"""The upstream misbehaves; the gateway still accounts for every record (DESIGN.md §2, §8).
+"""The upstream misbehaves; the gateway still accounts for every record (docs/DESIGN.md §2, §8).
 
 Through the real gateway under gunicorn against the socket-level server of
 tests/support/misbehaving.py: bodies split into small writes, chunked, cut, stalled or

@@ -133,7 +133,9 @@ def exposure_manifest() -> Any:
         handle.close()
         raise
     fmt = wanted.format or "csv"
-    response = Response(_send(handle), mimetype=manifest.MEDIA_TYPES[fmt], direct_passthrough=True)
+    response = Response(
+        _send(handle), content_type=manifest.MEDIA_TYPES[fmt], direct_passthrough=True
+    )
     response.call_on_close(handle.close)
     response.headers["Content-Length"] = str(document["bytes"])
     response.headers["Content-Disposition"] = (

@@ -59,7 +59,7 @@ def _log_read(action: str, target: dict[str, Any]) -> None:
 
 
 def _stream(chunks: Iterator[bytes], media_type: str, filename: str) -> Response:
-    response = Response(chunks, mimetype=media_type)
+    response = Response(chunks, content_type=media_type)
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"

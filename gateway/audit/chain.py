@@ -1,4 +1,4 @@
-"""Row hashing for the per-writer hash chain (DESIGN.md §6)."""
+"""Row hashing for the per-writer hash chain (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 

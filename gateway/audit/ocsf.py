@@ -2,7 +2,7 @@
 
 Pinned to OCSF 1.3.0 (`OCSF_VERSION`, also in every event's `metadata.version`); the class
 definition the test suite validates against is vendored next to this file
-(ocsf_api_activity_1.3.0.json). Mapping (DESIGN.md §6):
+(ocsf_api_activity_1.3.0.json). Mapping (docs/DESIGN.md §6):
 
 | access row            | OCSF 1.3.0 API Activity                                         |
 |-----------------------|-----------------------------------------------------------------|

@@ -56,7 +56,7 @@ FILTERS = (
 )
 PAGING = ("limit", "cursor")
 
-# The columns an event carries (DESIGN.md §6, plus its id and place in its hash chain).
+# The columns an event carries (docs/DESIGN.md §6, plus its id and place in its hash chain).
 EVENT_COLUMNS = (
     AccessEvent.id,
     AccessEvent.time,

@@ -1,4 +1,4 @@
-"""Signed checkpoints of hash-chain heads (DESIGN.md §6, tamper evidence).
+"""Signed checkpoints of hash-chain heads (docs/DESIGN.md §6, tamper evidence).
 
 A checkpoint says "chain C had, at time T, exactly the rows 1..N and the last of them hashes
 to H", signed with the gateway's Ed25519 key. Two kinds:

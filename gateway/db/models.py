@@ -76,7 +76,7 @@ class SigningKey(Base):
 
 
 class AccessEvent(Base):
-    """One row per released record and one per denial (DESIGN.md §6)."""
+    """One row per released record and one per denial (docs/DESIGN.md §6)."""
 
     __tablename__ = "access_log"
 

@@ -5,21 +5,31 @@
 
 What runs (all on 127.0.0.1, logs in var/):
 
-- the stock `oidc-provider-mock` as the contractors' IdP, with alice and bob of vendor
-  `acme` and carol of vendor `globex` (it hands out opaque tokens; the gateway checks them
-  at the IdP's userinfo endpoint);
+- the stock `oidc-provider-mock` as the lab's IdP, with contractors alice and bob of
+  vendor `acme` and carol of vendor `globex`, and the lab's own ann (role `admin`) and
+  audrey (role `auditor`); it hands out opaque tokens, which the gateway checks at the
+  IdP's userinfo endpoint. The demo's config marks this issuer `roles_trusted`, so ann's
+  and audrey's tokens open the admin and auditor APIs;
 - the bundled sample dataset service (`gateway demo-upstream`), which only answers
   requests carrying the service token that the gateway alone holds;
 - the gateway under gunicorn, on a fresh SQLite database `var/gateway.db` seeded with
-  `policies/demo.csv`.
+  `policies/demo.csv`, configured by `var/gateway.toml` (config/gateway.toml with the
+  demo's ports, database and trusted roles).
 
 Then it logs in as alice (authorization code flow), makes the requests a newcomer would
-try, reads the audit rows they produced and prints both the outcomes and the commands to
-repeat them by hand.
+try, calls the admin and auditor APIs as ann and audrey, reads the audit rows and prints
+the outcomes, the commands to repeat them by hand and the environment for the `gateway`
+CLI (also written to `var/demo.env`, to `source`).
+
+The demo owns its directory (`var/`, or `--var-dir`) while it runs: it holds an exclusive
+lock on `demo.lock` there, which its long-lived children inherit. A second demo started
+on the same directory, on whatever ports, refuses to start instead of deleting the
+database the first one is using.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -45,7 +55,6 @@ from gateway.demo.token import TokenFlowError, obtain_access_token
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var"
-DB_PATH = VAR / "gateway.db"
 BASE_CONFIG = ROOT / "config" / "gateway.toml"
 DEMO_POLICY = ROOT / "policies" / "demo.csv"
 HOST = "127.0.0.1"
@@ -53,10 +62,14 @@ DEFAULT_IDP_PORT = 9400
 DEFAULT_UPSTREAM_PORT = 9000
 DEFAULT_GATEWAY_PORT = 8080
 
+DEMO_ISSUER = "lab-idp"
 DEMO_USERS = [
     {"sub": "alice", "vendor": "acme", "email": "alice@acme.example"},
     {"sub": "bob", "vendor": "acme", "email": "bob@acme.example"},
     {"sub": "carol", "vendor": "globex", "email": "carol@globex.example"},
+    # The lab's own people: roles count because the demo config trusts this issuer's.
+    {"sub": "ann", "vendor": "lab", "email": "ann@lab.example", "roles": ["admin"]},
+    {"sub": "audrey", "vendor": "lab", "email": "audrey@lab.example", "roles": ["auditor"]},
 ]
 AUDIT_SQL = (
     "select time, subject, vendor, project, record_id, decision "
@@ -127,14 +140,64 @@ class Ports:
         return f"http://{HOST}:{self.gateway}"
 
 
+class DirectoryLock:
+    """An exclusive `flock` on `<var>/demo.lock`: this demo owns the directory and its database.
+
+    The lock belongs to the open file, so the long-lived children, which inherit the
+    descriptor, keep holding it: a gateway left running by a runner that was killed still
+    protects its database. It goes away with the last process holding it; the file stays.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, description: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self.path.read_text(errors="replace").strip() or "unknown"
+            os.close(fd)
+            var = _display(self.path.parent)
+            raise DemoError(
+                f"another demo (or a process it started) is running on {var}/ ({holder}).\n"
+                f"Its database {var}/gateway.db is left as it is. Stop that demo first "
+                f"(Ctrl-C where it runs), or give this one a directory of its own with "
+                f"--var-dir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, description.encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 @dataclass
 class Demo:
     ports: Ports
     timeout: float
+    var: Path = VAR
     upstream_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     children: list[Child] = field(default_factory=list)
     http: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(num_pools=4))
-    config_path: Path = BASE_CONFIG
+    lock: DirectoryLock | None = None
+    env_file_written: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.var / "gateway.db"
+
+    @property
+    def config_path(self) -> Path:
+        return self.var / "gateway.toml"
+
+    @property
+    def env_path(self) -> Path:
+        return self.var / "demo.env"
 
     # --- environment -------------------------------------------------------------------
 
@@ -144,10 +207,18 @@ class Demo:
         env.update(
             PYTHONUNBUFFERED="1",
             GATEWAY_CONFIG=str(self.config_path),
-            GATEWAY_DATABASE__URL=f"sqlite:///{DB_PATH}",
             UPSTREAM_TOKEN=self.upstream_token,
         )
         return env
+
+    def cli_environment(self) -> list[tuple[str, str]]:
+        """What a shell needs to run the `gateway` CLI and the README examples on this demo."""
+        return [
+            ("GATEWAY_CONFIG", str(self.config_path)),
+            ("UPSTREAM_TOKEN", self.upstream_token),
+            ("GATEWAY_URL", self.ports.gateway_url),
+            ("DEMO_IDP_URL", self.ports.idp_url),
+        ]
 
     def prepare(self) -> None:
         for name in ("oidc-provider-mock", "gateway"):
@@ -163,6 +234,11 @@ class Demo:
         ]
         if len({port for _, _, port in ports}) != len(ports):
             raise DemoError(f"the three ports must differ, got {[p for _, _, p in ports]}")
+        self.var.mkdir(parents=True, exist_ok=True)
+        # Before anything in the directory is touched: another demo may be using it.
+        lock = DirectoryLock(self.var / "demo.lock")
+        lock.acquire(f"pid {os.getpid()}, gateway {self.ports.gateway_url}\n")
+        self.lock = lock
         for name, flag, port in ports:
             if _port_taken(port):
                 raise DemoError(
@@ -170,18 +246,28 @@ class Demo:
                     f"there.\nIs another `make demo` still running? Stop it, or choose another "
                     f"port with {flag}."
                 )
-        VAR.mkdir(exist_ok=True)
         for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{DB_PATH}{suffix}").unlink(missing_ok=True)
-        moved_config = VAR / "gateway.toml"
-        moved_config.unlink(missing_ok=True)
-        if (self.ports.idp, self.ports.upstream) != (DEFAULT_IDP_PORT, DEFAULT_UPSTREAM_PORT):
-            self.config_path = _write_port_config(self.ports, moved_config)
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        self.env_path.unlink(missing_ok=True)
+        _write_demo_config(self.ports, self.db_path, self.config_path)
+
+    def write_env_file(self) -> None:
+        """`var/demo.env`: the CLI environment, for `source` (it holds the service token)."""
+        lines = [
+            "# The running demo's environment for the `gateway` CLI and the README examples:",
+            f"#   source {_display(self.env_path)}",
+            *(f"export {name}={shlex.quote(value)}" for name, value in self.cli_environment()),
+            f'export PATH={shlex.quote(str(_venv_bin("gateway").parent))}:"$PATH"',
+        ]
+        fd = os.open(self.env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write("\n".join(lines) + "\n")
+        self.env_file_written = True
 
     # --- processes ---------------------------------------------------------------------
 
     def start(self, name: str, log_name: str, argv: list[str], env: dict[str, str]) -> Child:
-        log_path = VAR / log_name
+        log_path = self.var / log_name
         log_file = open(log_path, "wb")  # noqa: SIM115 - closed by Child.stop
         try:
             process = subprocess.Popen(
@@ -193,6 +279,8 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 # Own session: Ctrl-C reaches only us, and we stop the children in order.
                 start_new_session=True,
+                # The directory lock: held while any of them runs, even if we are killed.
+                pass_fds=(self.lock.fd,) if self.lock and self.lock.fd is not None else (),
             )
         except OSError as error:
             log_file.close()
@@ -287,9 +375,16 @@ class Demo:
 
     def stop_all(self) -> None:
         self.http.clear()
+        if self.env_file_written:
+            # Whoever sources it later must not aim the CLI at a demo that is gone.
+            self.env_path.unlink(missing_ok=True)
+            self.env_file_written = False
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def watch(self) -> None:
         """Block until Ctrl-C / SIGTERM; a child that dies on its own ends the demo."""
@@ -332,7 +427,7 @@ class Demo:
         released_total = allow_rows_total = rows_total = 0
         for step in steps:
             response = self.get(step.path, token)
-            rows = audit_rows(response.headers.get("X-Request-Id", ""))
+            rows = audit_rows(self.db_path, response.headers.get("X-Request-Id", ""))
             result = step.check(response, rows)
             released_total += result.released
             allow_rows_total += sum(1 for r in rows if r["decision"] == "allow" and r["record_id"])
@@ -350,6 +445,35 @@ class Demo:
             problems.append(
                 f"audit: {released_total} records released but {allow_rows_total} 'allow' rows"
             )
+        return problems + self.lab_walkthrough(token, rows_total)
+
+    def lab_walkthrough(self, alice_token: str, access_rows: int) -> list[str]:
+        """The admin and auditor APIs, as ann and audrey; alice's token must not open them."""
+        click.echo(
+            f"\nThe lab's own APIs, as admin ann and auditor audrey ({DEMO_ISSUER} is trusted "
+            "for roles):"
+        )
+        tokens = {}
+        for sub in ("ann", "audrey"):
+            try:
+                tokens[sub] = obtain_access_token(self.ports.idp_url, sub)
+            except TokenFlowError as error:
+                raise DemoError(f"logging in as {sub} failed: {error}") from None
+        checks = [
+            ("ann: policy explain", EXPLAIN, tokens["ann"], expect_explained),
+            (
+                "audrey: audit events",
+                EVENTS,
+                tokens["audrey"],
+                lambda response: expect_events(response, access_rows),
+            ),
+            ("alice: policy explain", EXPLAIN, alice_token, expect_no_role),
+        ]
+        problems: list[str] = []
+        for label, path, token, check in checks:
+            result = check(self.get(path, token))
+            _outcome(label, result.summary, ok=not result.problems)
+            problems += [f"{label}: {p}" for p in result.problems]
         return problems
 
     # --- what to type --------------------------------------------------------------------
@@ -359,7 +483,7 @@ class Demo:
         idp = "" if self.ports.idp == DEFAULT_IDP_PORT else f" --idp {self.ports.idp_url}"
         gw = self.ports.gateway_url
         auth = '-H "Authorization: Bearer $TOKEN"'
-        db = _display(DB_PATH)
+        db = _display(self.db_path)
         where = "" if Path.cwd().resolve() == ROOT else f" (from {ROOT})"
         python_sql = (
             f"{python} -c \"import sqlite3; [print(*r, sep=' | ') for r in "
@@ -387,7 +511,33 @@ class Demo:
                 "  # (or, once the sqlite3 command is installed:)",
                 sqlite_cli,
             ]
+        lines += [
+            "  # the lab's admin ann and auditor audrey (roles from the trusted IdP)",
+            f"  TOKEN=$({python} -m gateway.demo.token{idp} --sub ann)",
+            f"  curl -s {auth} '{gw}{EXPLAIN}'",
+            f"  TOKEN=$({python} -m gateway.demo.token{idp} --sub audrey)",
+            f"  curl -s {auth} '{gw}{EVENTS}'",
+        ]
         click.echo("\n".join(lines))
+
+    def print_cli_environment(self) -> None:
+        """The exact lines that point the `gateway` CLI (and the README examples) at this demo."""
+        env = self.cli_environment()
+        first = " ".join(f"{name}={shlex.quote(value)}" for name, value in env[:2])
+        second = " ".join(f"{name}={shlex.quote(value)}" for name, value in env[2:])
+        bin_dir = shlex.quote(str(_venv_bin("gateway").parent))
+        # Relative to the checkout only when the reader's shell is there.
+        here = Path.cwd().resolve() == ROOT
+        env_file = shlex.quote(_display(self.env_path) if here else str(self.env_path))
+        click.echo(
+            "\nThe `gateway` CLI and the README examples on this demo need its environment:\n"
+            f"  export {first}\n"
+            f"  export {second}\n"
+            f'  export PATH={bin_dir}:"$PATH"\n'
+            f"or, the same: source {env_file}   (removed when the demo stops)\n"
+            "  gateway policy list --project proj-2\n"
+            "  gateway audit query --vendor acme --format table"
+        )
 
 
 # --- the requests and what they must show ------------------------------------------------
@@ -395,6 +545,12 @@ class Demo:
 TASK_PAGE = "/api/projects/proj-1/tasks/task-1/records?limit=5"
 DENIED = "/api/projects/proj-3/tasks/task-1/records?limit=5"
 FILTERED = "/api/projects/proj-2/records?offset=298&limit=4"
+EXPLAINED_RULE = f"p, {DEMO_ISSUER}:alice, proj-2, task-1, read, allow"
+EXPLAIN = (
+    f"/_gateway/admin/policy/explain?sub={DEMO_ISSUER}:alice&vendor=acme"
+    "&project=proj-2&task=task-1&action=read"
+)
+EVENTS = "/_gateway/audit/events?vendor=acme&limit=100"
 
 
 @dataclass
@@ -487,6 +643,45 @@ def expect_filtered(response: urllib3.BaseHTTPResponse, rows: list[dict[str, Any
     return StepResult(summary, len(records), problems)
 
 
+def _json_object(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.data)
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def expect_explained(response: urllib3.BaseHTTPResponse) -> StepResult:
+    body = _json_object(response)
+    decision = body.get("decision", "?")
+    summary = f"HTTP {response.status}, {decision}, by: {', '.join(body.get('allow_rules', []))}"
+    problems = []
+    if response.status != 200 or decision != "allow":
+        problems.append(f"expected HTTP 200 and 'allow', got {response.status}/{decision}")
+    elif EXPLAINED_RULE not in body.get("allow_rules", []):
+        problems.append(f"expected the rule {EXPLAINED_RULE!r} among {body.get('allow_rules')}")
+    return StepResult(summary, 0, problems)
+
+
+def expect_events(response: urllib3.BaseHTTPResponse, expected: int) -> StepResult:
+    events = _json_object(response).get("events")
+    count = len(events) if isinstance(events, list) else 0
+    summary = f"HTTP {response.status}, {count} access-log events of vendor acme (the rows above)"
+    problems = []
+    if response.status != 200 or count != expected:
+        problems.append(f"expected HTTP 200 with {expected} events, got {response.status}/{count}")
+    return StepResult(summary, 0, problems)
+
+
+def expect_no_role(response: urllib3.BaseHTTPResponse) -> StepResult:
+    error = _json_object(response).get("error", "?")
+    summary = f"HTTP {response.status} {error}: a contractor's token carries no admin role"
+    problems = []
+    if response.status != 403:
+        problems.append(f"expected HTTP 403, got {response.status}")
+    return StepResult(summary, 0, problems)
+
+
 def _outcome(label: str, summary: str, *, ok: bool = True) -> None:
     click.echo(f"  {'ok  ' if ok else 'FAIL'}  {label:<24} {summary}")
 
@@ -498,11 +693,11 @@ def _decisions(rows: list[dict[str, Any]]) -> str:
     return ", ".join(f"{n} {decision}" for decision, n in sorted(counts.items())) or "none"
 
 
-def audit_rows(request_id: str) -> list[dict[str, Any]]:
+def audit_rows(db_path: Path, request_id: str) -> list[dict[str, Any]]:
     """The access-log rows of one request (committed before the response was released)."""
     if not request_id:
         return []
-    connection = sqlite3.connect(DB_PATH, timeout=30)
+    connection = sqlite3.connect(db_path, timeout=30)
     try:
         connection.row_factory = sqlite3.Row
         cursor = connection.execute(
@@ -541,21 +736,39 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def _write_port_config(ports: Ports, path: Path) -> Path:
-    """config/gateway.toml with the IdP and upstream URLs moved to the chosen ports.
+def _write_demo_config(ports: Ports, db_path: Path, path: Path) -> None:
+    """config/gateway.toml as the demo runs it: its ports, its database, trusted roles.
 
-    The issuer lives in an array of tables, which GATEWAY_<SECTION>__<KEY> cannot reach.
+    The issuer lives in an array of tables, which GATEWAY_<SECTION>__<KEY> cannot reach,
+    so the file is written rather than overridden. The database path is absolute, so the
+    CLI finds it from any directory. The demo's IdP is the lab's own (its `vendor_claim`
+    says so already) and also holds the lab's admin and auditor, so its `roles` claim is
+    trusted here; config/gateway.toml itself leaves `roles_trusted` off.
     """
     text = BASE_CONFIG.read_text(encoding="utf-8")
-    for default, url in (
-        (f"http://{HOST}:{DEFAULT_IDP_PORT}", ports.idp_url),
-        (f"http://{HOST}:{DEFAULT_UPSTREAM_PORT}", ports.upstream_url),
-    ):
-        if f'"{default}"' not in text:
-            raise DemoError(f"{BASE_CONFIG} does not mention {default}; cannot move its port")
-        text = text.replace(f'"{default}"', f'"{url}"')
-    path.write_text(text, encoding="utf-8")
-    return path
+    replacements = [
+        (f'"http://{HOST}:{DEFAULT_IDP_PORT}"', f'"{ports.idp_url}"'),
+        (f'"http://{HOST}:{DEFAULT_UPSTREAM_PORT}"', f'"{ports.upstream_url}"'),
+        ('url = "sqlite:///var/gateway.db"', f"url = {_toml_string(f'sqlite:///{db_path}')}"),
+        (
+            f'name = "{DEMO_ISSUER}"\n',
+            f'name = "{DEMO_ISSUER}"\n'
+            "roles_trusted = true   # the demo: ann (admin) and audrey (auditor) log in here\n",
+        ),
+    ]
+    for old, new in replacements:
+        if text.count(old) != 1:
+            raise DemoError(f"{BASE_CONFIG} does not contain {old.strip()!r} once; cannot adapt it")
+        text = text.replace(old, new)
+    header = (
+        "# Written by `python -m gateway.demo.runner` from config/gateway.toml for the running\n"
+        "# demo (its ports, its database, roles_trusted for its IdP); rewritten on every start.\n"
+    )
+    path.write_text(header + text, encoding="utf-8")
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -571,27 +784,43 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 @click.option("--upstream-port", default=DEFAULT_UPSTREAM_PORT, show_default=True)
 @click.option("--gateway-port", default=DEFAULT_GATEWAY_PORT, show_default=True)
 @click.option("--timeout", default=30.0, show_default=True, help="seconds each service may take")
-def main(check: bool, idp_port: int, upstream_port: int, gateway_port: int, timeout: float) -> None:
+@click.option(
+    "--var-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=VAR,
+    help="directory for the database, logs, config and env file  [default: var/]",
+)
+def main(
+    check: bool,
+    idp_port: int,
+    upstream_port: int,
+    gateway_port: int,
+    timeout: float,
+    var_dir: Path,
+) -> None:
     """Run the IdP, the sample dataset service and the gateway, and show them working."""
     # Installed explicitly: a shell starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    demo = Demo(Ports(idp_port, upstream_port, gateway_port), timeout)
+    demo = Demo(Ports(idp_port, upstream_port, gateway_port), timeout, var_dir.absolute())
     code = 0
     try:
         demo.prepare()
-        click.echo(f"Starting the demo (logs and database in {_display(VAR)}/):")
+        click.echo(f"Starting the demo (logs and database in {_display(demo.var)}/):")
         demo.start_all()
         ports = demo.ports
         click.echo(
             "\nUp and running:\n"
-            f"  OIDC provider    {ports.idp_url}  alice, bob (vendor acme), carol (globex)\n"
+            f"  OIDC provider    {ports.idp_url}  alice, bob (vendor acme), carol (globex);\n"
+            "                   the lab's ann (admin) and audrey (auditor)\n"
             f"  dataset service  {ports.upstream_url}  (answers only the gateway's token)\n"
             f"  gateway          {ports.gateway_url}  policy: {_display(DEMO_POLICY)}\n"
-            f"  access log       {_display(DB_PATH)}"
+            f"  access log       {_display(demo.db_path)}"
         )
         problems = demo.walkthrough()
         demo.print_commands()
+        demo.write_env_file()
+        demo.print_cli_environment()
         if check:
             if problems:
                 click.echo("\nCHECK FAILED:\n" + "\n".join(f"  - {p}" for p in problems))

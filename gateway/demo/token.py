@@ -1,7 +1,10 @@
 """Get an access token from the demo IdP the way a real client does: the authorization code flow.
 
 `python -m gateway.demo.token --sub alice` prints alice's access token and nothing else, so
-`TOKEN=$(python -m gateway.demo.token --sub alice)` works in a shell.
+`TOKEN=$(python -m gateway.demo.token --sub alice)` works in a shell. The IdP is `--idp`,
+else `$DEMO_IDP_URL` (which the demo's `var/demo.env` exports), else the demo's default
+port. Demo users: contractors alice, bob (vendor acme) and carol (globex); the lab's ann
+(role admin) and audrey (role auditor), whose roles the demo config trusts.
 
 The demo IdP is the stock `oidc-provider-mock`: its login page is a form with a `sub` field
 and it accepts any client id with any secret. This module plays browser and client at once:
@@ -129,8 +132,19 @@ def obtain_access_token(idp_url: str, sub: str, client_id: str = "demo-cli") -> 
 
 
 @click.command()
-@click.option("--idp", "idp_url", default=DEFAULT_IDP, show_default=True, help="IdP base URL")
-@click.option("--sub", required=True, help="user to log in as (demo users: alice, bob, carol)")
+@click.option(
+    "--idp",
+    "idp_url",
+    envvar="DEMO_IDP_URL",
+    default=DEFAULT_IDP,
+    show_default=True,
+    help="IdP base URL (or DEMO_IDP_URL)",
+)
+@click.option(
+    "--sub",
+    required=True,
+    help="user to log in as (demo users: alice, bob, carol; ann: admin, audrey: auditor)",
+)
 @click.option("--client-id", default="demo-cli", show_default=True)
 def main(idp_url: str, sub: str, client_id: str) -> None:
     """Log in at the demo IdP and print the access token."""

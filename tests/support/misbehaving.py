@@ -1,4 +1,4 @@
-"""A scriptable upstream that misbehaves at the byte level (DESIGN.md §8: the upstream is
+"""A scriptable upstream that misbehaves at the byte level (docs/DESIGN.md §8: the upstream is
 not trusted either).
 
 `http.server` cannot stall a body half way, cut a chunked body before its last chunk,
