@@ -31,7 +31,8 @@ def json_values_bound(raw: bytes) -> int:
     Every value but the first of a container follows a comma, and every container opens
     with a bracket; commas and brackets inside strings only raise the bound.
     """
-    return raw.count(b",") + raw.count(b"{") + raw.count(b"[") + 1
+    # One pass in C: the bytes a deletion of , { [ removes.
+    return len(raw) - len(raw.translate(None, b",{[")) + 1
 
 
 @dataclass
