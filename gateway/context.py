@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,20 +62,27 @@ class RequestContext:
     prechecked: set[tuple[str, str]] = field(default_factory=set)
 
     def client_gone(self) -> bool:
-        """True when the client has closed its end (peeked, nothing consumed)."""
+        """True when the client has closed its end (peeked, nothing consumed).
+
+        Only a plain socket is asked: a TLS socket cannot peek below its records, and a
+        check that cannot tell must not refuse a client that is still there.
+        """
         sock = self.client_socket
-        if sock is None:
+        if sock is None or isinstance(sock, ssl.SSLSocket):
             return False
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
+            poller = select.poll()  # not select(): it fails for descriptors past 1023
+            poller.register(sock, select.POLLIN | select.POLLHUP)
+            if not poller.poll(0):
                 return False
             # Readable with nothing to read is an orderly close; data is a pipelined request.
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except (BlockingIOError, InterruptedError):
             return False
-        except (OSError, ValueError):
+        except ConnectionError:
             return True
+        except (OSError, ValueError, TypeError):
+            return False
 
     def row(self, *, decision: str, reason: str | None, **fields: Any) -> dict[str, Any]:
         principal, match = self.principal, self.match
