@@ -26,18 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import (
-    UA_PREFIX,
-    AccessRow,
-    Attempt,
-    SoakOptions,
-    launch_instances,
-    print_details,
-    reconcile,
-    record_sha256,
-    report,
-    run_soak,
-)
+from bench.soak import launch_instances
+from bench.soakkit.common import UA_PREFIX
+from bench.soakkit.reconcile import AccessRow, reconcile
+from bench.soakkit.report import print_details, report
+from bench.soakkit.run import SoakOptions, run_soak
+from bench.soakkit.traffic import Attempt, record_sha256
 from tests.conftest import Database, Proc, _drop_postgres_db, _make_postgres_db
 
 SOAK_SECONDS = 30.0
