@@ -20,12 +20,17 @@ from gateway.anomaly.config import (
     parse_anomaly_table,
     resolve_anomaly_paths,
 )
+from gateway.catalogue.config import CatalogueConfig, parse_catalogue_table
+from gateway.configbase import NAME as _NAME
+from gateway.configbase import ConfigError
+from gateway.configbase import config_bool as _bool
+from gateway.configbase import config_str as _str
+from gateway.route_config import RouteConfig, parse_route
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "policies" / "model.conf"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
 ALLOWED_ALGORITHMS = frozenset(
     {
         "RS256",
@@ -41,16 +46,6 @@ ALLOWED_ALGORITHMS = frozenset(
         "Ed25519",
     }
 )
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"config key '{key}': {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -80,26 +75,6 @@ class IssuerConfig:
         if self.discovery_url:
             return self.discovery_url
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    path: str
-    methods: tuple[str, ...]
-    action: str
-    records: str | None = None
-    record_id: str | None = None
-    record_project: str | None = None
-    record_task: str | None = None
-    project: str | None = None
-    query_params: tuple[str, ...] | None = None
-    # More records than this in one response is refused: each costs an access row.
-    max_records: int = 10_000
-    # Fields a record route releases besides its records; others are dropped or refused.
-    envelope: tuple[str, ...] = ()
-    envelope_extra: str = "drop"
-    # Non-2xx answers: "replace" (the gateway's own error), "pass", or "inspect" (records).
-    upstream_errors: str = "pass"
 
 
 @dataclass(frozen=True)
@@ -173,6 +148,7 @@ class Config:
     # Detector thresholds for `gateway anomalies` (validated here, so a bad table stops
     # the gateway and every command at start-up, not the first scan).
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -246,6 +222,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         "projects",
         "lockout",
         "anomaly",
+        "catalogue",
     }
     for key in raw:
         if key not in known:
@@ -273,7 +250,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
             "issuers.opaque_tokens", f"only one issuer may accept opaque tokens, not {opaque}"
         )
     upstream = _upstream(expand_env(_table(raw, "upstream"), "upstream", environ))
-    routes = tuple(_route(item, f"routes[{i}]") for i, item in enumerate(_list(raw, "routes")))
+    routes = tuple(parse_route(item, f"routes[{i}]") for i, item in enumerate(_list(raw, "routes")))
     audit_raw = raw.get("audit", {})
     policy_raw = raw.get("policy", {})
     gateway_raw = raw.get("gateway", {})
@@ -288,6 +265,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         projects=_projects(raw),
         lockout=_build(LockoutConfig, raw.get("lockout", {}), "lockout"),
         anomaly=_anomaly(raw.get("anomaly")),
+        catalogue=parse_catalogue_table(raw.get("catalogue")),
     )
 
 
@@ -344,20 +322,6 @@ def _list(raw: dict[str, Any], key: str) -> list[Any]:
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise ConfigError(key, "must be an array of tables ([[" + key + "]])")
-    return value
-
-
-def _str(value: Any, key: str, *, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, "missing" if value is None else "must be a non-empty string")
-    return value
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, "must be true or false")
     return value
 
 
@@ -453,128 +417,3 @@ def _upstream(raw: dict[str, Any]) -> UpstreamConfig:
     rest = {k: v for k, v in raw.items() if k not in ("url", "headers")}
     base = _build(UpstreamConfig, {"url": url, **rest}, "upstream")
     return UpstreamConfig(**{**base.__dict__, "headers": headers})
-
-
-_PLACEHOLDER = re.compile(r"\{([a-z]+)\}")
-
-
-def _route(raw: dict[str, Any], key: str) -> RouteConfig:
-    allowed = set(RouteConfig.__dataclass_fields__)
-    for name in raw:
-        if name not in allowed:
-            raise ConfigError(f"{key}.{name}", "unknown key")
-    path = _str(raw.get("path"), f"{key}.path")
-    if not path.startswith("/") or path.startswith("/_gateway"):
-        raise ConfigError(
-            f"{key}.path", "must start with '/' and not use the reserved /_gateway prefix"
-        )
-    for placeholder in _PLACEHOLDER.findall(path):
-        if placeholder not in ("project", "task", "record"):
-            raise ConfigError(f"{key}.path", f"unknown placeholder {{{placeholder}}}")
-    methods = raw.get("methods", ["GET"])
-    if not isinstance(methods, list) or not methods:
-        raise ConfigError(f"{key}.methods", "must be a non-empty list")
-    for method in methods:
-        if method not in HTTP_METHODS:
-            raise ConfigError(f"{key}.methods", f"unknown method {method!r}")
-    action = _str(raw.get("action"), f"{key}.action")
-    records = _str(raw.get("records"), f"{key}.records", optional=True)
-    record_id = _str(raw.get("record_id"), f"{key}.record_id", optional=True)
-    if (records is None) != (record_id is None):
-        raise ConfigError(f"{key}.records", "'records' and 'record_id' go together")
-    project = _str(raw.get("project"), f"{key}.project", optional=True)
-    record_project = _str(raw.get("record_project"), f"{key}.record_project", optional=True)
-    if record_project and not records:
-        raise ConfigError(f"{key}.record_project", "needs 'records' and 'record_id'")
-    if "{project}" not in path and not project and not record_project:
-        raise ConfigError(
-            f"{key}.path",
-            "a route must name its project: {project} in the path, 'project', or 'record_project'",
-        )
-    query = raw.get("query_params")
-    if query is not None and (
-        not isinstance(query, list) or not all(isinstance(q, str) for q in query)
-    ):
-        raise ConfigError(f"{key}.query_params", "must be a list of parameter names")
-    if "{project}" not in path and project and query is None:
-        raise ConfigError(
-            f"{key}.query_params",
-            "a route with a fixed 'project' must list the query parameters it allows (an"
-            " empty list allows none): an unchecked query could select another project's data",
-        )
-    max_records = raw.get("max_records", RouteConfig.max_records)
-    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-        raise ConfigError(f"{key}.max_records", "must be a positive integer")
-    if "max_records" in raw and not records:
-        raise ConfigError(f"{key}.max_records", "needs 'records' and 'record_id'")
-    envelope, envelope_extra, upstream_errors = _route_release(raw, key, records)
-    return RouteConfig(
-        path=path,
-        methods=tuple(methods),
-        action=action,
-        records=records,
-        record_id=record_id,
-        record_project=record_project,
-        record_task=_str(raw.get("record_task"), f"{key}.record_task", optional=True),
-        project=project,
-        query_params=tuple(query) if query is not None else None,
-        max_records=max_records,
-        envelope=envelope,
-        envelope_extra=envelope_extra,
-        upstream_errors=upstream_errors,
-    )
-
-
-def _route_release(
-    raw: dict[str, Any], key: str, records: str | None
-) -> tuple[tuple[str, ...], str, str]:
-    """What a route lets out besides checked records: envelope fields and upstream errors."""
-    from gateway.records.envelope import ENVELOPE_EXTRA, field_path, overlapping
-
-    envelope = raw.get("envelope", [])
-    if not isinstance(envelope, list) or not all(isinstance(e, str) and e for e in envelope):
-        raise ConfigError(f"{key}.envelope", "must be a list of field names")
-    extra = raw.get("envelope_extra", "drop")
-    if extra not in ENVELOPE_EXTRA:
-        raise ConfigError(f"{key}.envelope_extra", f"must be one of {', '.join(ENVELOPE_EXTRA)}")
-    errors = raw.get("upstream_errors", "replace" if records else "pass")
-    if errors not in ("replace", "pass", "inspect"):
-        raise ConfigError(f"{key}.upstream_errors", "must be one of replace, pass, inspect")
-    if errors == "inspect" and not records:
-        raise ConfigError(f"{key}.upstream_errors", "'inspect' needs 'records' and 'record_id'")
-    single = records is not None and records.strip() == "@"
-    if not records or single:
-        for name in ("envelope", "envelope_extra"):
-            if name in raw:
-                raise ConfigError(
-                    f"{key}.{name}", "applies to routes whose 'records' selects a list of records"
-                )
-        return (), extra, errors
-    if extra == "allow":
-        if envelope:
-            raise ConfigError(f"{key}.envelope", "has no effect with envelope_extra = 'allow'")
-        return (), extra, errors
-    records_path = field_path(records)
-    if records_path is None:
-        import jmespath
-        from jmespath.exceptions import JMESPathError
-
-        try:
-            jmespath.compile(records)
-        except JMESPathError as error:
-            raise ConfigError(f"{key}.records", f"bad JMESPath: {error}") from None
-        raise ConfigError(
-            f"{key}.records",
-            "must be a plain field path (e.g. 'records' or 'data.items') so that fields beside"
-            " the records can be dropped; or set envelope_extra = 'allow' to release them"
-            " unchecked",
-        )
-    for name in envelope:
-        path = field_path(name)
-        if path is None:
-            raise ConfigError(f"{key}.envelope", f"{name!r} is not a plain field path")
-        if overlapping(records_path, path):
-            raise ConfigError(
-                f"{key}.envelope", f"{name!r} contains or is inside the records ({records!r})"
-            )
-    return tuple(envelope), extra, errors

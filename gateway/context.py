@@ -35,6 +35,7 @@ class Denial(Exception):
         *,
         reason: str | None = None,
         headers: dict[str, str] | None = None,
+        row_fields: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -42,6 +43,8 @@ class Denial(Exception):
         self.message = message
         self.reason = reason or error
         self.headers = headers or {}
+        # Facts of the deny row that differ from the request's (a record's real project).
+        self.row_fields = row_fields or {}
 
 
 @dataclass
@@ -60,6 +63,8 @@ class RequestContext:
     policy_version: int | None = None
     # (project, task) pairs already allowed for this request, so records need no second check.
     prechecked: set[tuple[str, str]] = field(default_factory=set)
+    # A write's request body: (SHA-256, size), logged on its row.
+    written: tuple[str, int] | None = None
 
     def client_gone(self) -> bool:
         """True when the client has closed its end (peeked, nothing consumed).

@@ -10,6 +10,8 @@ is committed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import re
 import secrets
@@ -20,6 +22,9 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from gateway.audit import AuditUnavailable, AuditWriter
+from gateway.catalogue.guard import CatalogueGuard, Verdict
+from gateway.catalogue.store import Placement
+from gateway.catalogue.view import CatalogueUnavailable
 from gateway.config import Config
 from gateway.context import (
     Denial,
@@ -66,8 +71,10 @@ class Pipeline:
         audit: AuditWriter,
         locks: LockState,
         canaries: CanaryTripwire,
+        catalogue: CatalogueGuard | None = None,
     ) -> None:
         self.config = config
+        self.catalogue = catalogue or CatalogueGuard(None)
         self.locks = locks
         self.canaries = canaries
         self.downloads = ActiveDownloads()
@@ -89,7 +96,9 @@ class Pipeline:
                 return self._run(ctx, request)
             except Denial as denial:
                 if not isinstance(denial, _AlreadyLogged):
-                    self.audit.write([ctx.row(decision="deny", reason=denial.reason)])
+                    self.audit.write(
+                        [ctx.row(decision="deny", reason=denial.reason, **denial.row_fields)]
+                    )
                 discard_unread_body(request)
                 return json_error(
                     denial.status, denial.error, denial.message, ctx.request_id, denial.headers
@@ -99,6 +108,16 @@ class Pipeline:
                 503,
                 "audit_unavailable",
                 "the access log cannot be written; nothing was released",
+                ctx.request_id,
+            )
+        except CatalogueUnavailable as error:
+            log.warning("request %s: catalogue unavailable: %s", ctx.request_id, error)
+            with contextlib.suppress(AuditUnavailable):
+                self.audit.write([ctx.row(decision="deny", reason="catalogue_unavailable")])
+            return json_error(
+                503,
+                "catalogue_unavailable",
+                "the record catalogue cannot be read; nothing was released",
                 ctx.request_id,
             )
         except Exception:
@@ -146,7 +165,7 @@ class Pipeline:
     def _run(self, ctx: RequestContext, request: Request) -> Response:
         path = self._normalise(ctx)
         ctx.principal = self._identify(request)
-        ctx.match = self._route(ctx, path)
+        ctx.match = self.catalogue.place_path_record(self._route(ctx, path))
         self._check_locks(ctx, ctx.match.project)
         self._authorize(ctx)
         if ctx.match.record is not None and self.canaries.canaries([ctx.match.record]):
@@ -160,7 +179,7 @@ class Pipeline:
                 return self._replace_upstream_error(ctx, upstream_response)
             if route.records is None or route.config.upstream_errors == "pass":
                 return self._release_stream(ctx, upstream_response)
-        if route.records is not None:
+        if route.records is not None or route.config.media:
             return self._release_records(ctx, upstream_response)
         return self._release_stream(ctx, upstream_response)
 
@@ -261,6 +280,7 @@ class Pipeline:
         body = None
         if ctx.method in ("POST", "PUT", "PATCH", "DELETE"):
             body = read_request_body(request)
+            ctx.written = (hashlib.sha256(body).hexdigest(), len(body))
         try:
             return self.upstream.send(ctx.method, match.path, ctx.query, headers, body)
         except UpstreamError as error:
@@ -271,7 +291,7 @@ class Pipeline:
     ) -> Response:
         """Parse, account for and release a record body; released bytes are what was logged."""
         match = ctx.match
-        assert match is not None and match.route.records is not None
+        assert match is not None
         spec = match.route.records
         with upstream_response:
             if _has_no_body(ctx.method, upstream_response.status):
@@ -284,28 +304,50 @@ class Pipeline:
                 raise Denial(
                     error.status, error.error, error.message, reason=error.reason
                 ) from None
-        try:
-            body = RecordBody.parse(spec, raw, max_values=self.config.upstream.max_json_values)
-        except RecordError as error:
-            raise _unaccountable(match, error) from None
-        canaries = self.canaries.canaries([record.record_id for record in body.records])
+        body = None
+        if spec is None:
+            # A media route: the file is one record, its path the id.
+            records = [
+                ExtractedRecord(
+                    record_id=match.path,
+                    sha256=hashlib.sha256(raw).hexdigest(),
+                    size=len(raw),
+                    project=None,
+                    task=None,
+                )
+            ]
+        else:
+            try:
+                body = RecordBody.parse(spec, raw, max_values=self.config.upstream.max_json_values)
+            except RecordError as error:
+                raise _unaccountable(match, error) from None
+            records = body.records
+        canaries = self.canaries.canaries([record.record_id for record in records])
         if canaries and self.canaries.withhold:
-            return self._withhold_canaries(ctx, body.records, canaries, upstream_response.status)
-        verdicts = [self._record_verdict(ctx, record) for record in body.records]
-        rows = self._record_rows(ctx, body.records, verdicts, upstream_response.status)
+            return self._withhold_canaries(ctx, records, canaries, upstream_response.status)
+        placements = self.catalogue.placements(match, [r.record_id for r in records])
+        verdicts = [self._record_verdict(ctx, record, placements) for record in records]
+        self._learn(match, verdicts, records)
+        rows = self._record_rows(ctx, records, verdicts, upstream_response.status)
         if canaries:
             # Released and marked ([anomaly] canary_on_fetch = "release").
             for row in rows:
                 if row["record_id"] in canaries and row["decision"] == "allow":
                     row["reason"] = "canary"
-        withheld = [verdict is not None for verdict in verdicts]
-        if spec.single and any(withheld):
+        if ctx.written is not None and match.record is not None:
+            rows.append(self._write_row(ctx, upstream_response.status))
+        withheld = [verdict.reason is not None for verdict in verdicts]
+        if (body is None or body.spec.single) and any(withheld):
             self.audit.write(rows)
             return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
-        try:
-            released, dropped = body.render([not w for w in withheld])
-        except RecordError as error:
-            raise _unaccountable(match, error) from None
+        dropped: list[str] = []
+        if body is None:
+            released = raw
+        else:
+            try:
+                released, dropped = body.render([not w for w in withheld])
+            except RecordError as error:
+                raise _unaccountable(match, error) from None
         if dropped:
             self._note_dropped_fields(match, dropped)
         if not rows:
@@ -329,6 +371,29 @@ class Pipeline:
         )
         response.headers["X-Request-Id"] = ctx.request_id
         return response
+
+    def _learn(
+        self, match: RouteMatch, verdicts: list[Verdict], records: list[ExtractedRecord]
+    ) -> None:
+        """Records first seen on a listing the route trusts are placed where it lists them."""
+        learnt = {
+            record.record_id: Placement(verdict.project, verdict.task)
+            for record, verdict in zip(records, verdicts, strict=True)
+            if verdict.learn and verdict.reason is None and verdict.project is not None
+        }
+        self.catalogue.learn(match, learnt)
+
+    def _write_row(self, ctx: RequestContext, upstream_status: int) -> dict[str, Any]:
+        """A write addressed by a record: what was sent to it, by digest and size."""
+        assert ctx.written is not None
+        sha256, size = ctx.written
+        return ctx.row(
+            decision="allow",
+            reason="written",
+            upstream_status=upstream_status,
+            record_sha256=sha256,
+            bytes=size,
+        )
 
     def _note_dropped_fields(self, match: RouteMatch, dropped: list[str]) -> None:
         """Tell the operator once per route and field set, not once per request."""
@@ -408,7 +473,15 @@ class Pipeline:
         """Nothing of a response holding a canary record leaves; the contractor is locked."""
         self._trip(ctx, canaries)
         # The others are withheld for the company they keep, not for a lock of their own.
-        verdicts = ["canary" if r.record_id in canaries else "canary_request" for r in records]
+        route_task = ctx.match.task if ctx.match and ctx.match.task != "*" else None
+        verdicts = [
+            Verdict(
+                "canary" if r.record_id in canaries else "canary_request",
+                r.project or (ctx.match.project if ctx.match else None),
+                r.task or route_task,
+            )
+            for r in records
+        ]
         self.audit.write(self._record_rows(ctx, records, verdicts, upstream_status))
         return json_error(403, "locked", "access is suspended", ctx.request_id)
 
@@ -416,33 +489,28 @@ class Pipeline:
         self,
         ctx: RequestContext,
         records: list[ExtractedRecord],
-        verdicts: list[str | None],
+        verdicts: list[Verdict],
         upstream_status: int,
     ) -> list[dict[str, Any]]:
-        match = ctx.match
-        assert match is not None
-        # Everything but the record's own facts is shared by the request's rows.
+        # Everything but the record's own facts is shared by the request's rows; each
+        # record is logged where its verdict placed it (the catalogue's project, when known).
         base = ctx.row(decision="allow", reason="released", upstream_status=upstream_status)
-        route_task = match.task if match.task != "*" else None
         return [
             {
                 **base,
-                "project": record.project or match.project,
-                "task": record.task or route_task,
+                "project": verdict.project,
+                "task": verdict.task,
                 "record_id": record.record_id,
                 "record_sha256": record.sha256,
                 "bytes": record.size,
             }
-            if verdict is None
+            if verdict.reason is None
             else {
                 **base,
                 "decision": "filtered",
-                "reason": verdict,
-                # A record without its own project is logged without one, not as the path's.
-                "project": record.project
-                if match.route.records and match.route.records.record_project
-                else record.project or match.project,
-                "task": record.task or route_task,
+                "reason": verdict.reason,
+                "project": verdict.project,
+                "task": verdict.task,
                 "record_id": record.record_id,
                 "record_sha256": record.sha256,
                 "bytes": 0,
@@ -484,25 +552,37 @@ class Pipeline:
             raise Denial(499, "client_gone", "the client closed the connection")
         self.audit.write(rows)
 
-    def _record_verdict(self, ctx: RequestContext, record: ExtractedRecord) -> str | None:
-        """None when the record may be released, else why it is withheld."""
+    def _record_verdict(
+        self,
+        ctx: RequestContext,
+        record: ExtractedRecord,
+        placements: dict[str, Placement] | None,
+    ) -> Verdict:
+        """Where the record belongs, and why it is withheld (reason None: released)."""
         match, principal = ctx.match, ctx.principal
         assert match is not None and principal is not None
         spec = match.route.records
+        route_task = match.task if match.task != "*" else None
         if spec is not None and spec.record_project is not None and record.project is None:
             # The route says records carry their project: one that does not is not
-            # assumed to be the path's.
-            return "record_project_missing"
-        project = record.project or match.project
-        task = record.task or match.task
+            # assumed to be the path's (and is logged without one).
+            return Verdict("record_project_missing", None, record.task or route_task)
+        verdict = Verdict(None, record.project or match.project, record.task or route_task)
+        if placements is not None:
+            verdict = self.catalogue.verdict(
+                match, placements, record.record_id, verdict.project, verdict.task
+            )
+            if verdict.reason is not None:
+                return verdict
+        project, task = verdict.project, verdict.task or "*"
         if project is None:
-            return "record_project_missing"
+            return dataclasses.replace(verdict, reason="record_project_missing")
         if (project, task) in ctx.prechecked:
-            return None
+            return verdict
         if project != match.project:
             hit = self._lock_hit(principal, project)
             if hit is not None:
-                return f"locked:{hit.lock_id}"
+                return dataclasses.replace(verdict, reason=f"locked:{hit.lock_id}")
         decision = self.policy.decide(
             principal.policy_subject, principal.vendor, project, task, match.route.action
         )
@@ -510,8 +590,8 @@ class Pipeline:
             ctx.policy_version = decision.version
         if decision.allowed:
             ctx.prechecked.add((project, task))
-            return None
-        return "record_policy_denied"
+            return verdict
+        return dataclasses.replace(verdict, reason="record_policy_denied")
 
     def _log_ended_early(self, ctx: RequestContext, reason: str) -> None:
         with contextlib.suppress(AuditUnavailable):
@@ -521,14 +601,19 @@ class Pipeline:
         match = ctx.match
         assert match is not None
         length = upstream_response.headers.get("Content-Length")
-        row = ctx.row(
-            decision="allow",
-            reason="released"
-            if 200 <= upstream_response.status < 400
-            else f"upstream_{upstream_response.status}",
-            upstream_status=upstream_response.status,
-            bytes=int(length) if length and length.isdigit() else None,
-        )
+        if ctx.written is not None and ctx.match.record is not None:
+            row = self._write_row(ctx, upstream_response.status)
+            if not 200 <= upstream_response.status < 400:
+                row["reason"] = f"upstream_{upstream_response.status}"
+        else:
+            row = ctx.row(
+                decision="allow",
+                reason="released"
+                if 200 <= upstream_response.status < 400
+                else f"upstream_{upstream_response.status}",
+                upstream_status=upstream_response.status,
+                bytes=int(length) if length and length.isdigit() else None,
+            )
         assert ctx.principal is not None
         download = Download(ctx.principal, match.project, upstream_response)
         body = GuardedStream(

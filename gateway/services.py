@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from gateway.audit import AuditWriter
+from gateway.catalogue.guard import CatalogueGuard
+from gateway.catalogue.store import CatalogueStore
+from gateway.catalogue.view import CatalogueView
 from gateway.config import Config
 from gateway.db.session import make_engine
 from gateway.identity import TokenVerifier
@@ -31,6 +34,7 @@ class Services:
     pipeline: Pipeline
     policy_admin: PolicyAdmin
     locks: LockState
+    catalogue: CatalogueView
 
 
 def build_services(config: Config) -> Services:
@@ -57,6 +61,11 @@ def build_services(config: Config) -> Services:
         poll_interval=config.lockout.poll_interval_seconds,
         stale_after=config.lockout.stale_after_seconds,
     )
+    catalogue = CatalogueView(
+        CatalogueStore(db, config.catalogue.upstream),
+        cache_size=config.catalogue.cache_size,
+        poll_interval=config.catalogue.poll_interval_seconds,
+    )
     pipeline = Pipeline(
         config,
         verifier=verifier,
@@ -67,6 +76,7 @@ def build_services(config: Config) -> Services:
         audit=audit,
         locks=locks,
         canaries=CanaryTripwire(db, config.anomaly, locks, config.lockout.exposure_days),
+        catalogue=CatalogueGuard(catalogue),
     )
     services = Services(
         config,
@@ -78,6 +88,7 @@ def build_services(config: Config) -> Services:
         pipeline,
         PolicyAdmin(db, config, policy),
         locks,
+        catalogue,
     )
     start_background(services)
     return services
@@ -92,3 +103,4 @@ def start_background(services: Services) -> None:
     services.policy.start()
     services.audit.start()
     services.locks.start()
+    services.catalogue.start()

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, RouteConfig, _route
+from gateway.config import ConfigError, RouteConfig
+from gateway.route_config import parse_route as _route
 from gateway.records import RecordBody, RecordError, RecordSpec, UnexpectedFields, extract_records
 from gateway.records.selection import remove_records
 

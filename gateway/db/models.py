@@ -257,3 +257,65 @@ class AnomalyState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --- the record catalogue (gateway/catalogue) ---------------------------------------------
+
+
+class CatalogueRecord(Base):
+    """Where a record really belongs, per upstream and kind (task, annotation, media...)."""
+
+    __tablename__ = "catalogue_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    upstream: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[str] = mapped_column(String(1024))
+    project: Mapped[str] = mapped_column(String(255))
+    task: Mapped[str | None] = mapped_column(String(255))
+    # sync | import | learn
+    source: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The sync run that last saw it: a completed walk deletes what it did not see.
+    seen_run: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ux_catalogue_records_id", "upstream", "kind", "record_id", unique=True),
+        Index("ix_catalogue_records_project", "upstream", "project", "task"),
+    )
+
+
+class CatalogueKind(Base):
+    """One row per upstream and kind: its version (bumped when entries move or go, which
+    workers watch to drop cached placements) and its size after the last sync or import."""
+
+    __tablename__ = "catalogue_kinds"
+
+    upstream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    records: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CatalogueRun(Base):
+    """A `gateway catalogue sync` or import: its scope, progress (to resume) and outcome."""
+
+    __tablename__ = "catalogue_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upstream: Mapped[str] = mapped_column(String(64))
+    command: Mapped[str] = mapped_column(String(16))  # sync | import
+    actor: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # running | done | failed
+    status: Mapped[str] = mapped_column(String(16))
+    # JSON: the projects and kinds it covers, and per (kind, project) where it got to.
+    scope: Mapped[str] = mapped_column(Text, default="{}")
+    progress: Mapped[str] = mapped_column(Text, default="{}")
+    seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    added: Mapped[int] = mapped_column(BigInteger, default=0)
+    moved: Mapped[int] = mapped_column(BigInteger, default=0)
+    gone: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
