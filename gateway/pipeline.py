@@ -165,7 +165,10 @@ class Pipeline:
     def _run(self, ctx: RequestContext, request: Request) -> Response:
         path = self._normalise(ctx)
         ctx.principal = self._identify(request)
-        ctx.match = self.catalogue.place_path_record(self._route(ctx, path))
+        ctx.match = self._route(ctx, path)
+        # Where the path's record really is; a write addressed by a record alone gets its
+        # project (and task) here, before locks and policy are asked.
+        ctx.match = self.catalogue.place_path_record(ctx.match)
         self._check_locks(ctx, ctx.match.project)
         self._authorize(ctx)
         if ctx.match.record is not None and self.canaries.canaries([ctx.match.record]):

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,11 +213,10 @@ def _drop_postgres_db(server: str, name: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Database]:
-    if request.param == "sqlite":
+@contextmanager
+def new_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """An empty database of this kind (the test is skipped when PostgreSQL is not set up)."""
+    if kind == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "gateway.db"
         yield Database(f"sqlite:///{path}", "sqlite")
         return
@@ -227,9 +227,19 @@ def database(
         )
     name = f"gw_test_{secrets.token_hex(4)}"
     db = Database(_make_postgres_db(server, name), "postgresql")
-    yield db
-    db.engine.dispose()
-    _drop_postgres_db(server, name)
+    try:
+        yield db
+    finally:
+        db.engine.dispose()
+        _drop_postgres_db(server, name)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
+    with new_database(request.param, tmp_path_factory) as db:
+        yield db
 
 
 # --- the gateway -----------------------------------------------------------------------
@@ -309,9 +319,12 @@ def gateway_config(
     upstream_url: str,
     opaque_mode: str = "userinfo",
     extra_routes: str = "",
+    routes: str | None = None,
 ) -> str:
-    base = (ROOT / "config" / "gateway.toml").read_text()
-    routes = base[base.index("[[routes]]") :]
+    """The test gateway's config; `routes` replaces the sample routes and the test routes."""
+    if routes is None:
+        base = (ROOT / "config" / "gateway.toml").read_text()
+        routes = base[base.index("[[routes]]") :] + EXTRA_TEST_ROUTES
     return f"""
 [database]
 url = "{db_url}"
@@ -347,7 +360,6 @@ poll_interval_seconds = 0.5
 stale_after_seconds = 2.0
 
 {routes}
-{EXTRA_TEST_ROUTES}
 {extra_routes}
 """
 
@@ -418,6 +430,7 @@ def launch_gateway(
     workers: int = 2,
     opaque_mode: str = "userinfo",
     extra_routes: str = "",
+    routes: str | None = None,
 ) -> Gateway:
     config_path = tmp / "gateway.toml"
     config_path.write_text(
@@ -428,6 +441,7 @@ def launch_gateway(
             upstream_url=upstream.url,
             opaque_mode=opaque_mode,
             extra_routes=extra_routes,
+            routes=routes,
         )
     )
     port = free_port()

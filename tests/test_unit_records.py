@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, RouteConfig
-from gateway.route_config import parse_route as _route
 from gateway.records import RecordBody, RecordError, RecordSpec, UnexpectedFields, extract_records
 from gateway.records.selection import remove_records
+from gateway.route_config import parse_route as _route
 
 
 def spec(records: str, record_id: str = "id", **extra: Any) -> RecordSpec:

@@ -156,11 +156,17 @@ def serve(
 @click.option(
     "--token", envvar="UPSTREAM_TOKEN", required=True, help="service token (or UPSTREAM_TOKEN)"
 )
-def demo_upstream(host: str, port: int, token: str) -> None:
+@click.option(
+    "--idor",
+    is_flag=True,
+    help="serve a record under any project's path, records without a project field"
+    " (the nested-path IDOR of many real dataset APIs)",
+)
+def demo_upstream(host: str, port: int, token: str, idor: bool) -> None:
     """Run the bundled sample dataset service."""
     from gateway.demo.upstream import serve as serve_upstream
 
-    serve_upstream(host, port, token)
+    serve_upstream(host, port, token, idor=idor)
 
 
 # The policy commands live in their own module, which uses `_load` and `config_option`.
@@ -177,3 +183,7 @@ register_lock_commands(main)
 from gateway.cli.anomalies import anomalies_group  # noqa: E402
 
 main.add_command(anomalies_group)
+
+from gateway.cli.catalogue import catalogue_group  # noqa: E402
+
+main.add_command(catalogue_group)

@@ -288,8 +288,14 @@ def create_upstream_app(
     projects: int = 3,
     tasks_per_project: int = 2,
     records_per_task: int = 300,
+    idor: bool = False,
 ) -> Flask:
-    """Build the sample dataset service; every request needs ``Token <service_token>``."""
+    """Build the sample dataset service; every request needs ``Token <service_token>``.
+
+    ``idor`` makes it behave like many real dataset APIs: a record addressed under a
+    project's path is served (and annotated) whichever project it belongs to, and records
+    carry no project field, so only a record catalogue can tell where they belong.
+    """
     if not service_token:
         # An empty token would make the service effectively open.
         raise ValueError("service_token must not be empty")
@@ -325,7 +331,7 @@ def create_upstream_app(
                 response.headers[key] = value
         return response
 
-    _register_dataset_routes(app, dataset, store)
+    _register_dataset_routes(app, dataset, store, idor)
     _register_test_routes(app)
     return app
 
@@ -344,7 +350,14 @@ def _require_task(dataset: SyntheticDataset, project: str, task: str) -> TaskRef
     return ref
 
 
-def _register_dataset_routes(app: Flask, dataset: SyntheticDataset, store: AnnotationStore) -> None:
+def _register_dataset_routes(
+    app: Flask, dataset: SyntheticDataset, store: AnnotationStore, idor: bool
+) -> None:
+    def shown(record: dict[str, Any]) -> dict[str, Any]:
+        if idor:
+            record.pop("project", None)
+        return record
+
     @app.get("/api/projects")
     def list_projects() -> Response:
         summaries = [dataset.project_summary(p) for p in range(1, dataset.projects + 1)]
@@ -370,7 +383,7 @@ def _register_dataset_routes(app: Flask, dataset: SyntheticDataset, store: Annot
                 "offset": offset,
                 "limit": limit,
                 "total": dataset.records_per_task,
-                "records": dataset.task_records(ref, offset, limit),
+                "records": [shown(r) for r in dataset.task_records(ref, offset, limit)],
             }
         )
 
@@ -384,7 +397,7 @@ def _register_dataset_routes(app: Flask, dataset: SyntheticDataset, store: Annot
                 "offset": offset,
                 "limit": limit,
                 "total": dataset.project_total(),
-                "records": dataset.project_records(number, offset, limit),
+                "records": [shown(r) for r in dataset.project_records(number, offset, limit)],
             }
         )
 
@@ -393,14 +406,34 @@ def _register_dataset_routes(app: Flask, dataset: SyntheticDataset, store: Annot
         parsed = dataset.parse_record(record_id)
         if parsed is None:
             raise ApiError(404, "unknown record")
-        return json_response(dataset.record(*parsed))
+        return json_response(shown(dataset.record(*parsed)))
+
+    @app.get("/api/projects/<project>/tasks/<task>/records/<record_id>")
+    def get_nested_record(project: str, task: str, record_id: str) -> Response:
+        ref = _require_task(dataset, project, task)
+        parsed = dataset.parse_record(record_id)
+        # The nested-path IDOR: with `idor`, the parents in the path are not checked.
+        if parsed is None or (parsed[0] != ref and not idor):
+            raise ApiError(404, "unknown record in this project/task")
+        return json_response(shown(dataset.record(*parsed)))
 
     @app.post("/api/projects/<project>/tasks/<task>/records/<record_id>/annotations")
     def annotate(project: str, task: str, record_id: str) -> Response:
         ref = _require_task(dataset, project, task)
         parsed = dataset.parse_record(record_id)
-        if parsed is None or parsed[0] != ref:
+        if parsed is None or (parsed[0] != ref and not idor):
             raise ApiError(404, "unknown record in this project/task")
+        label, body = _annotation_label()
+        item = store.add(record_id, label, body)
+        payload = {"record": record_id, "annotation_id": item["annotation_id"], "label": label}
+        return json_response(payload, 201)
+
+    @app.post("/api/records/<record_id>/annotations")
+    def annotate_record(record_id: str) -> Response:
+        # Addressed by the record alone: the service knows where it belongs.
+        parsed = dataset.parse_record(record_id)
+        if parsed is None:
+            raise ApiError(404, "unknown record")
         label, body = _annotation_label()
         item = store.add(record_id, label, body)
         payload = {"record": record_id, "annotation_id": item["annotation_id"], "label": label}
@@ -450,8 +483,8 @@ def _register_test_routes(app: Flask) -> None:
         return json_response({"slow": True})
 
 
-def serve(host: str, port: int, service_token: str) -> None:
+def serve(host: str, port: int, service_token: str, *, idor: bool = False) -> None:
     """Run the sample service with werkzeug's dev server, for manual poking only."""
     from werkzeug.serving import run_simple
 
-    run_simple(host, port, create_upstream_app(service_token), threaded=True)
+    run_simple(host, port, create_upstream_app(service_token, idor=idor), threaded=True)
