@@ -10,7 +10,6 @@ is committed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import re
@@ -23,7 +22,6 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.audit import AuditUnavailable, AuditWriter
 from gateway.catalogue.guard import CatalogueGuard, Verdict
-from gateway.catalogue.store import Placement
 from gateway.catalogue.view import CatalogueUnavailable
 from gateway.config import Config
 from gateway.context import (
@@ -39,6 +37,7 @@ from gateway.lockout import LockHit, LockState
 from gateway.lockout.canary import CanaryTripwire
 from gateway.policy import PolicyEngine
 from gateway.records import ExtractedRecord, RecordBody, RecordError
+from gateway.records.accounting import RecordAccounting
 from gateway.routemap import PathRejected, RouteError, RouteMap, RouteMatch, normalise_path
 from gateway.routemap.normalise import split_request_target
 from gateway.upstream import (
@@ -86,6 +85,7 @@ class Pipeline:
         self.upstream = upstream
         self.signer = signer
         self.audit = audit
+        self.accounting = RecordAccounting(policy, self.catalogue, self._lock_hit)
 
     # --- entry -------------------------------------------------------------------------
 
@@ -328,17 +328,15 @@ class Pipeline:
         canaries = self.canaries.canaries([record.record_id for record in records])
         if canaries and self.canaries.withhold:
             return self._withhold_canaries(ctx, records, canaries, upstream_response.status)
-        placements = self.catalogue.placements(match, [r.record_id for r in records])
-        verdicts = [self._record_verdict(ctx, record, placements) for record in records]
-        self._learn(match, verdicts, records)
-        rows = self._record_rows(ctx, records, verdicts, upstream_response.status)
+        verdicts = self.accounting.verdicts(ctx, records)
+        rows = self.accounting.rows(ctx, records, verdicts, upstream_response.status)
         if canaries:
             # Released and marked ([anomaly] canary_on_fetch = "release").
             for row in rows:
                 if row["record_id"] in canaries and row["decision"] == "allow":
                     row["reason"] = "canary"
         if ctx.written is not None and match.record is not None:
-            rows.append(self._write_row(ctx, upstream_response.status))
+            rows.append(self.accounting.write_row(ctx, upstream_response.status))
         withheld = [verdict.reason is not None for verdict in verdicts]
         if (body is None or body.spec.single) and any(withheld):
             self.audit.write(rows)
@@ -374,29 +372,6 @@ class Pipeline:
         )
         response.headers["X-Request-Id"] = ctx.request_id
         return response
-
-    def _learn(
-        self, match: RouteMatch, verdicts: list[Verdict], records: list[ExtractedRecord]
-    ) -> None:
-        """Records first seen on a listing the route trusts are placed where it lists them."""
-        learnt = {
-            record.record_id: Placement(verdict.project, verdict.task)
-            for record, verdict in zip(records, verdicts, strict=True)
-            if verdict.learn and verdict.reason is None and verdict.project is not None
-        }
-        self.catalogue.learn(match, learnt)
-
-    def _write_row(self, ctx: RequestContext, upstream_status: int) -> dict[str, Any]:
-        """A write addressed by a record: what was sent to it, by digest and size."""
-        assert ctx.written is not None
-        sha256, size = ctx.written
-        return ctx.row(
-            decision="allow",
-            reason="written",
-            upstream_status=upstream_status,
-            record_sha256=sha256,
-            bytes=size,
-        )
 
     def _note_dropped_fields(self, match: RouteMatch, dropped: list[str]) -> None:
         """Tell the operator once per route and field set, not once per request."""
@@ -485,41 +460,8 @@ class Pipeline:
             )
             for r in records
         ]
-        self.audit.write(self._record_rows(ctx, records, verdicts, upstream_status))
+        self.audit.write(self.accounting.rows(ctx, records, verdicts, upstream_status))
         return json_error(403, "locked", "access is suspended", ctx.request_id)
-
-    def _record_rows(
-        self,
-        ctx: RequestContext,
-        records: list[ExtractedRecord],
-        verdicts: list[Verdict],
-        upstream_status: int,
-    ) -> list[dict[str, Any]]:
-        # Everything but the record's own facts is shared by the request's rows; each
-        # record is logged where its verdict placed it (the catalogue's project, when known).
-        base = ctx.row(decision="allow", reason="released", upstream_status=upstream_status)
-        return [
-            {
-                **base,
-                "project": verdict.project,
-                "task": verdict.task,
-                "record_id": record.record_id,
-                "record_sha256": record.sha256,
-                "bytes": record.size,
-            }
-            if verdict.reason is None
-            else {
-                **base,
-                "decision": "filtered",
-                "reason": verdict.reason,
-                "project": verdict.project,
-                "task": verdict.task,
-                "record_id": record.record_id,
-                "record_sha256": record.sha256,
-                "bytes": 0,
-            }
-            for record, verdict in zip(records, verdicts, strict=True)
-        ]
 
     def _release_empty(self, ctx: RequestContext, upstream_response: UpstreamResponse) -> Response:
         """A record route answered without a body (204, HEAD): nothing to account for."""
@@ -555,47 +497,6 @@ class Pipeline:
             raise Denial(499, "client_gone", "the client closed the connection")
         self.audit.write(rows)
 
-    def _record_verdict(
-        self,
-        ctx: RequestContext,
-        record: ExtractedRecord,
-        placements: dict[str, Placement] | None,
-    ) -> Verdict:
-        """Where the record belongs, and why it is withheld (reason None: released)."""
-        match, principal = ctx.match, ctx.principal
-        assert match is not None and principal is not None
-        spec = match.route.records
-        route_task = match.task if match.task != "*" else None
-        if spec is not None and spec.record_project is not None and record.project is None:
-            # The route says records carry their project: one that does not is not
-            # assumed to be the path's (and is logged without one).
-            return Verdict("record_project_missing", None, record.task or route_task)
-        verdict = Verdict(None, record.project or match.project, record.task or route_task)
-        if placements is not None:
-            verdict = self.catalogue.verdict(
-                match, placements, record.record_id, verdict.project, verdict.task
-            )
-            if verdict.reason is not None:
-                return verdict
-        project, task = verdict.project, verdict.task or "*"
-        if project is None:
-            return dataclasses.replace(verdict, reason="record_project_missing")
-        if (project, task) in ctx.prechecked:
-            return verdict
-        if project != match.project:
-            hit = self._lock_hit(principal, project)
-            if hit is not None:
-                return dataclasses.replace(verdict, reason=f"locked:{hit.lock_id}")
-        decision = self.policy.decide(
-            principal.policy_subject, principal.vendor, project, task, match.route.action
-        )
-        if ctx.policy_version is None or decision.version > ctx.policy_version:
-            ctx.policy_version = decision.version
-        if decision.allowed:
-            ctx.prechecked.add((project, task))
-            return verdict
-        return dataclasses.replace(verdict, reason="record_policy_denied")
-
     def _log_ended_early(self, ctx: RequestContext, reason: str) -> None:
         with contextlib.suppress(AuditUnavailable):
             self.audit.write([ctx.row(decision="deny", reason=reason)])
@@ -605,7 +506,7 @@ class Pipeline:
         assert match is not None
         length = upstream_response.headers.get("Content-Length")
         if ctx.written is not None and ctx.match.record is not None:
-            row = self._write_row(ctx, upstream_response.status)
+            row = self.accounting.write_row(ctx, upstream_response.status)
             if not 200 <= upstream_response.status < 400:
                 row["reason"] = f"upstream_{upstream_response.status}"
         else:
