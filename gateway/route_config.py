@@ -214,7 +214,7 @@ def _route_release(
         raise ConfigError(f"{key}.upstream_errors", "must be one of replace, pass, inspect")
     if errors == "inspect" and not records:
         raise ConfigError(f"{key}.upstream_errors", "'inspect' needs 'records' and 'record_id'")
-    single = records is not None and records.strip() == "@"
+    single = records is not None and records.strip() in ("@", "[*]")
     if not records or single:
         for name in ("envelope", "envelope_extra"):
             if name in raw:

@@ -186,6 +186,11 @@ class CatalogueStore:
             else:
                 unchanged.append(record_id)
         if new_rows:
+            connection.execute(
+                _insert(connection)(CatalogueKind)
+                .values(upstream=self.upstream, kind=kind, version=0, records=0, updated_at=now)
+                .on_conflict_do_nothing()
+            )
             connection.execute(_insert(connection)(CatalogueRecord), new_rows)
         for record_id, placement in moved:
             connection.execute(

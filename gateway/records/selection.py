@@ -32,6 +32,8 @@ class Unfilterable(RecordError):
 
 
 Getter = Callable[[Any], Any]
+# `records = "[*]"`: the body is a JSON array of records (no envelope around them).
+BODY_IS_LIST = "[*]"
 
 
 def compile_getter(expression: str) -> Getter:
@@ -40,6 +42,9 @@ def compile_getter(expression: str) -> Getter:
     Record ids are read once per record on the hot path, and `record["id"]` is about
     twenty times cheaper than walking the JMESPath AST for the same answer.
     """
+    if expression.strip() == BODY_IS_LIST:
+        # The body itself, so that withheld records can be removed from it in place.
+        return lambda value: value if isinstance(value, list) else None
     parsed = jmespath.compile(expression)
     if parsed.parsed["type"] == "field":
         name = parsed.parsed["value"]
@@ -73,7 +78,7 @@ class RecordSpec:
 
         single = route.records.strip() == "@"
         envelope = None
-        if not single and route.envelope_extra != "allow":
+        if not single and route.envelope_extra != "allow" and route.records.strip() != BODY_IS_LIST:
             records_path = field_path(route.records)
             if records_path is None:
                 raise ConfigError(
