@@ -73,6 +73,15 @@ records = "@"
 record_id = "id"
 project_from = "catalogue"
 task_from = "catalogue"
+
+# A file: logged as one record, its path the id.
+[[routes]]
+methods = ["GET"]
+path = "/api/projects/{project}/tasks/{task}/export"
+action = "read"
+media = true
+catalogue_kind = "export"
+query_params = ["chunks"]
 """
 
 CATALOGUE = """
@@ -353,3 +362,67 @@ def test_records_seen_on_a_trusted_listing_are_learnt(learner: Gateway) -> None:
     assert refused.status_code == 404
     # ...and one it learnt is served.
     assert learner.get(NESTED.format(record="rec-1-1-0003"), "bob").status_code == 200
+
+
+def test_a_media_file_is_one_record_its_path_the_id_its_bytes_hashed(synced: Gateway) -> None:
+    path = "/api/projects/proj-1/tasks/task-1/export"
+    response = synced.get(path + "?chunks=7", "bob")
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    assert response.content.count(b"\n") == 300 * 7  # the sample repeats it per chunk
+    [row] = rows(synced, response)
+    assert (row.decision, row.reason, row.record_id, row.project, row.task) == (
+        "allow",
+        "released",
+        path,
+        "proj-1",
+        "task-1",
+    )
+    assert row.record_sha256 == hashlib.sha256(response.content).hexdigest()
+    assert row.bytes == len(response.content)
+    assert synced.get(path.replace("task-1", "task-2"), "bob").status_code == 403
+
+
+def test_an_interrupted_sync_resumes_after_its_last_committed_page(synced: Gateway) -> None:
+    import json
+
+    failed = synced.cli(
+        "catalogue", "sync", "--project", "proj-2", "--project", "nope", "--json", check=False
+    )
+    assert failed.returncode == 1
+    summary = json.loads(failed.stdout)
+    assert summary["status"] == "failed"
+    assert "nope" in summary["error"]
+    assert summary["walks"] == {} or "record|nope" not in summary["walks"]
+    # Rewind the stored progress of proj-2 to after its first page, as if it had stopped.
+    engine = make_engine(synced.db.url)
+    try:
+        with engine.begin() as connection:
+            run_id = summary["run"]
+            progress = {
+                "record|proj-2": {
+                    "done": False,
+                    "pages": 1,
+                    "seen": 250,
+                    "cursor": {"offset": 250},
+                }
+            }
+            connection.execute(
+                text("UPDATE catalogue_runs SET progress = :p WHERE id = :id"),
+                {"p": json.dumps(progress), "id": run_id},
+            )
+    finally:
+        engine.dispose()
+    resumed = json.loads(
+        synced.cli(
+            "catalogue", "sync", "--project", "proj-2", "--project", "nope", "--json", check=False
+        ).stdout
+    )
+    assert resumed["resumed"] is True and resumed["run"] == run_id
+    # proj-2 went on from offset 250: two more pages (250 + 100 records), none walked twice.
+    assert resumed["walks"]["record|proj-2"]["pages"] == 3
+    assert resumed["walks"]["record|proj-2"]["seen"] == 600
+    assert resumed["walks"]["record|proj-2"]["done"] is True
+    status = synced.cli("catalogue", "status").stdout
+    assert f"run {run_id} sync failed" in status
+    assert synced.cli("catalogue", "sync", "--restart", "--json").returncode == 0
