@@ -55,6 +55,8 @@ _QUOTED_STRING_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 STREAM_CHUNK = 64 * 1024
 # An upstream error body up to this size is read to the end, keeping its connection.
 ERROR_BODY_DRAIN = 64 * 1024
+# Methods whose policy check may wait for the answer: they change nothing upstream.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class Pipeline:
@@ -246,10 +248,14 @@ class Pipeline:
         match, principal = ctx.match, ctx.principal
         assert match is not None and principal is not None
         spec = match.route.records
-        if match.project is None or (spec is not None and spec.record_task is not None):
+        task_unknown = spec is not None and spec.record_task is not None and match.task == "*"
+        if ctx.method in SAFE_METHODS and (match.project is None or task_unknown):
             # Project or task is known only from the response body; each record is checked there.
             ctx.policy_version = self.policy.version
             return
+        if match.project is None:
+            # A write cannot be authorised after the upstream has made it.
+            raise Denial(403, "forbidden", "not allowed by policy", reason="write_project_unknown")
         decision = self.policy.decide(
             principal.policy_subject,
             principal.vendor,

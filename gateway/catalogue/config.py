@@ -47,6 +47,9 @@ class CatalogueSource:
     page_size: int = 100
     # A listing longer than this many pages is an upstream loop, not a dataset.
     max_pages: int = 1_000_000
+    # A status that ends the listing like an empty page (Label Studio answers 404 past the
+    # last page, and for a project without tasks).
+    end_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,5 +163,14 @@ def _source(raw: dict[str, Any], key: str) -> CatalogueSource:
         next=expressions["next"],
         page_size=_positive_int(raw, "page_size", CatalogueSource.page_size, key),
         max_pages=_positive_int(raw, "max_pages", CatalogueSource.max_pages, key),
+        end_status=_end_status(raw.get("end_status"), key),
         **params,
     )
+
+
+def _end_status(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 300 <= value <= 599:
+        raise ConfigError(f"{key}.end_status", "an HTTP status from 300 to 599")
+    return value

@@ -62,10 +62,18 @@ class CatalogueGuard:
         if not self._active(route, kind):
             return match
         assert self.view is not None
-        placement = self.view.place(kind, [match.record]).get(match.record)
+        # A media file's id is its path (its name alone may repeat across projects).
+        record_id = match.path if route.media else match.record
+        placement = self.view.place(kind, [record_id]).get(record_id)
         if placement is None:
             if route.project_from == "catalogue" or self.unknown_records(route, kind) == "refuse":
-                raise Denial(404, "unknown_record", "no such record", reason=UNKNOWN)
+                raise Denial(
+                    404,
+                    "unknown_record",
+                    "no such record",
+                    reason=UNKNOWN,
+                    row_fields={"record_id": record_id},
+                )
             return match
         path_task = match.task if match.task != "*" else None
         if (match.project is not None and placement.project != match.project) or (
@@ -77,7 +85,11 @@ class CatalogueGuard:
                 "forbidden",
                 "not allowed by policy",
                 reason=MISMATCH,
-                row_fields={"project": placement.project, "task": placement.task},
+                row_fields={
+                    "project": placement.project,
+                    "task": placement.task,
+                    "record_id": record_id,
+                },
             )
         changes: dict[str, str] = {}
         if route.project_from == "catalogue":

@@ -341,8 +341,8 @@ def _walk(
         if walk["pages"] >= source.max_pages:
             raise CatalogueError(f"{label}: more than {source.max_pages} pages")
         status, body = listing.fetch(http, cursor)
-        if status == 404 and walk["pages"] > 0 and source.pagination == "page":
-            placements: dict[str, Placement] = {}  # past the last page
+        if status == source.end_status:
+            placements: dict[str, Placement] = {}  # past the last page, or none at all
         elif status != 200:
             raise CatalogueError(
                 f"{label}: {listing.target(cursor)} answered {status}"
