@@ -426,3 +426,35 @@ def test_an_interrupted_sync_resumes_after_its_last_committed_page(synced: Gatew
     status = synced.cli("catalogue", "status").stdout
     assert f"run {run_id} sync failed" in status
     assert synced.cli("catalogue", "sync", "--restart", "--json").returncode == 0
+
+
+def test_exposure_reports_divide_by_the_catalogue(synced: Gateway) -> None:
+    import json
+
+    from gateway.lockout.store import exposure_summary
+
+    page = synced.get("/api/projects/proj-1/tasks/task-1/records?offset=100&limit=30", "bob")
+    assert page.status_code == 200
+    report = json.loads(synced.cli("audit", "exposure", "--contractor", "acme-idp:bob").stdout)
+    task = next(g for g in report["projects"] if (g["project"], g["task"]) == ("proj-1", "task-1"))
+    assert task["catalogue_records"] == 300
+    assert task["share"] == round(task["distinct_records"] / 300, 4)
+    [project] = [p for p in report["by_project"] if p["project"] == "proj-1"]
+    assert project["catalogue_records"] == 600
+    assert project["share"] == round(project["distinct_records"] / 600, 4)
+    assert project["first_access"] <= project["last_access"]
+    received = sum(p["distinct_records"] for p in report["by_project"])
+    total = sum(p["catalogue_records"] or 0 for p in report["by_project"])
+    assert report["totals"]["catalogue_records"] == total
+    assert report["totals"]["share"] == round(report["totals"]["distinct_records"] / total, 4)
+    assert received >= report["totals"]["distinct_records"]
+    engine = make_engine(synced.db.url)
+    try:
+        snapshot = exposure_summary(engine, "contractor", "acme-idp:bob", 30, "sample")
+        unknown_upstream = exposure_summary(engine, "contractor", "acme-idp:bob", 30, "other")
+    finally:
+        engine.dispose()
+    assert snapshot["catalogue_records"] >= 600
+    assert 0 < snapshot["share"] <= 1
+    # Without a catalogue for the upstream there is no denominator, and no error.
+    assert (unknown_upstream["catalogue_records"], unknown_upstream["share"]) == (None, None)

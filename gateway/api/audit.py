@@ -94,7 +94,9 @@ def record(record_id: str) -> Any:
 def exposure_report() -> Any:
     wanted = exposure.parse_exposure_query(_args())
     db = _services().db
-    report = exposure.exposure_report(db, wanted)
+    report = exposure.exposure_report(
+        db, wanted, catalogue_upstream=_services().config.catalogue.upstream
+    )
     query.log_read(
         db,
         actor=actor(),

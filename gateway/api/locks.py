@@ -175,6 +175,7 @@ def create() -> Any:
         actor=actor(),
         ttl=ttl,
         exposure_days=config.lockout.exposure_days,
+        catalogue_upstream=config.catalogue.upstream,
         forced=force,
     )
     response = jsonify(lock_json(lock))

@@ -19,7 +19,7 @@ per (record id, project, task), streamed from the database by `manifest_rows`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -193,7 +193,9 @@ def report_statements(dialect: str, query: ExposureQuery) -> tuple[Any, Any]:
     return union_all(by_task, overall), per_contractor
 
 
-def exposure_report(db: Engine, query: ExposureQuery) -> dict[str, Any]:
+def exposure_report(
+    db: Engine, query: ExposureQuery, *, catalogue_upstream: str = "default"
+) -> dict[str, Any]:
     """The report of `query` (see the module docstring for its parts)."""
     by_task, per_contractor = report_statements(db.dialect.name, query)
     generated_at = datetime.now(UTC)
@@ -248,6 +250,7 @@ def exposure_report(db: Engine, query: ExposureQuery) -> dict[str, Any]:
         for (issuer, subject, vendor), (person, tasks) in people.items()
     ]
     contractors.sort(key=lambda item: _sort_key(item["contractor"], item["vendor"]))
+    denominators = catalogue_denominators(db, catalogue_upstream, groups.values())
     return {
         "query": query.as_dict(),
         "generated_at": format_time(generated_at),
@@ -256,12 +259,66 @@ def exposure_report(db: Engine, query: ExposureQuery) -> dict[str, Any]:
             "contractors": len(receiving),
             "contractors_attempting": len(attempting),
             **totals.as_dict(),
+            **_share(distinct_records, denominators["total"]),
         },
         "projects": sorted(
             groups.values(), key=lambda item: _sort_key(item["project"], item["task"])
         ),
+        "by_project": denominators["by_project"],
         "contractors": contractors,
     }
+
+
+def _share(received: int, catalogue_records: int | None) -> dict[str, Any]:
+    return {
+        "catalogue_records": catalogue_records,
+        "share": round(received / catalogue_records, 4) if catalogue_records else None,
+    }
+
+
+def catalogue_denominators(
+    db: Engine, upstream: str, groups: Iterable[dict[str, Any]]
+) -> dict[str, Any]:
+    """Adds `catalogue_records` and `share` to each (project, task) group, in place.
+
+    The denominator of a group is the catalogue's records of that project and task (of the
+    project, for a group without a task): how much of the dataset the scope received. It is
+    null where the catalogue holds nothing for the project. Returns per-project rollups
+    (distinct records summed over the project's tasks) and the total denominator.
+    """
+    from gateway.catalogue.store import CatalogueStore
+
+    groups = list(groups)
+    projects = {group["project"] for group in groups if group["project"] is not None}
+    sizes = CatalogueStore(db, upstream).project_sizes(projects, by_task=True) if projects else {}
+    per_project: dict[str, int] = {}
+    for (project, _task), count in sizes.items():
+        per_project[project] = per_project.get(project, 0) + count
+    rollup: dict[str | None, dict[str, Any]] = {}
+    for group in groups:
+        project, task = group["project"], group["task"]
+        if project is None or project not in per_project:
+            denominator = None
+        elif task is None:
+            denominator = per_project[project]
+        else:
+            denominator = sizes.get((project, task)) or None
+        group.update(_share(group["distinct_records"], denominator))
+        entry = rollup.setdefault(
+            project,
+            {"project": project, "distinct_records": 0, "first_access": None, "last_access": None},
+        )
+        entry["distinct_records"] += group["distinct_records"]
+        for name, pick in (("first_access", min), ("last_access", max)):
+            if group[name] is not None:
+                entry[name] = group[name] if entry[name] is None else pick(entry[name], group[name])
+    by_project = []
+    for project, entry in rollup.items():
+        entry.update(_share(entry["distinct_records"], per_project.get(project or "")))
+        by_project.append(entry)
+    by_project.sort(key=lambda item: _sort_key(item["project"]))
+    involved = [per_project[p] for p in projects if p in per_project]
+    return {"by_project": by_project, "total": sum(involved) if involved else None}
 
 
 # --- the manifest's rows ----------------------------------------------------------------

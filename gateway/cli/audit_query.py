@@ -289,7 +289,7 @@ def exposure_command(
         raise click.ClickException("format: only applies with --manifest")
     wanted = exposure.parse_exposure_query(params, manifest=manifest_path is not None)
     with _engine(config_path) as (config, db):
-        report = exposure.exposure_report(db, wanted)
+        report = exposure.exposure_report(db, wanted, catalogue_upstream=config.catalogue.upstream)
         result: dict[str, Any] = {
             "distinct_records": report["totals"]["distinct_records"],
             "contractors": report["totals"]["contractors"],

@@ -241,6 +241,7 @@ def lock_command(
                 actor=actor,
                 ttl=duration,
                 exposure_days=config.lockout.exposure_days,
+                catalogue_upstream=config.catalogue.upstream,
                 forced=force,
             )
     if as_json:

@@ -52,7 +52,9 @@ def _notify(connection: Any) -> None:
         connection.execute(text("SELECT pg_notify(:c, 'changed')"), {"c": NOTIFY_CHANNEL})
 
 
-def exposure_summary(db: Engine, kind: str, target: str, days: int) -> dict[str, Any]:
+def exposure_summary(
+    db: Engine, kind: str, target: str, days: int, catalogue_upstream: str = "default"
+) -> dict[str, Any]:
     """What this vendor's (or contractor's) people received in the last `days` days."""
     since = datetime.now(UTC) - timedelta(days=days)
     conditions = [
@@ -86,21 +88,33 @@ def exposure_summary(db: Engine, kind: str, target: str, days: int) -> dict[str,
     with db.connect() as connection:
         rows = connection.execute(query).all()
         total_contractors = connection.execute(contractors).scalar_one()
+    from gateway.audit.exposure import catalogue_denominators
+
+    projects = [
+        {
+            "project": row[0],
+            "task": None,
+            "distinct_records": row[1],
+            "contractors": row[2],
+            "first_access": _iso(row[3]),
+            "last_access": _iso(row[4]),
+        }
+        for row in rows
+    ]
+    # Out of how many: the catalogue's records of each project (null when it has none).
+    denominators = catalogue_denominators(db, catalogue_upstream, projects)
+    for project in projects:
+        del project["task"]
+    distinct = sum(row[1] for row in rows)
+    total = denominators["total"]
     return {
         "window_days": days,
         "since": since.isoformat(),
         "contractors": total_contractors,
-        "distinct_records": sum(row[1] for row in rows),
-        "projects": [
-            {
-                "project": row[0],
-                "distinct_records": row[1],
-                "contractors": row[2],
-                "first_access": _iso(row[3]),
-                "last_access": _iso(row[4]),
-            }
-            for row in rows
-        ],
+        "distinct_records": distinct,
+        "catalogue_records": total,
+        "share": round(distinct / total, 4) if total else None,
+        "projects": projects,
     }
 
 
@@ -121,6 +135,7 @@ def create_lock(
     actor: str,
     ttl: timedelta | None = None,
     exposure_days: int = 30,
+    catalogue_upstream: str = "default",
     forced: bool = False,
     snapshot_in_background: bool = False,
 ) -> dict[str, Any]:
@@ -171,18 +186,20 @@ def create_lock(
         if snapshot_in_background:
             threading.Thread(
                 target=_snapshot_exposure,
-                args=(db, lock_id, kind, target, exposure_days),
+                args=(db, lock_id, kind, target, exposure_days, catalogue_upstream),
                 name=f"lock-{lock_id}-exposure",
                 daemon=True,
             ).start()
         else:
-            _snapshot_exposure(db, lock_id, kind, target, exposure_days)
+            _snapshot_exposure(db, lock_id, kind, target, exposure_days, catalogue_upstream)
     return get_lock(db, lock_id)
 
 
-def _snapshot_exposure(db: Engine, lock_id: int, kind: str, target: str, days: int) -> None:
+def _snapshot_exposure(
+    db: Engine, lock_id: int, kind: str, target: str, days: int, catalogue_upstream: str
+) -> None:
     try:
-        exposure = exposure_summary(db, kind, target, days)
+        exposure = exposure_summary(db, kind, target, days, catalogue_upstream)
         with db.begin() as connection:
             connection.execute(
                 update(Lock)
