@@ -458,3 +458,28 @@ def test_exposure_reports_divide_by_the_catalogue(synced: Gateway) -> None:
     assert 0 < snapshot["share"] <= 1
     # Without a catalogue for the upstream there is no denominator, and no error.
     assert (unknown_upstream["catalogue_records"], unknown_upstream["share"]) == (None, None)
+
+
+def test_mismatches_raise_one_high_alert_per_contractor_and_day(synced: Gateway) -> None:
+    import json
+
+    probe = synced.get(NESTED.format(record="rec-3-2-0007"), "bob")
+    assert probe.status_code == 403
+    synced.cli("anomalies", "scan", "--since", "2h", "--quiet")
+    synced.cli("anomalies", "scan", "--since", "2h", "--quiet")  # a rescan adds nothing
+    alerts = json.loads(
+        synced.cli("anomalies", "list", "--detector", "catalogue_mismatch", "--json").stdout
+    )
+    alerts = alerts["alerts"] if isinstance(alerts, dict) else alerts
+    by_contractor = {alert["contractor"]: alert for alert in alerts}
+    assert sorted(by_contractor) == ["acme-idp:alice", "acme-idp:bob"]
+    bob = by_contractor["acme-idp:bob"]
+    assert bob["severity"] == "high"
+    assert "proj-2" in bob["explanation"] and "proj-3" in bob["explanation"]
+    rows = synced.db.rows(
+        "SELECT id FROM access_log WHERE subject = 'bob' AND reason = 'catalogue_mismatch'"
+    )
+    evidence = bob["evidence"]
+    assert set(evidence["rows"]) <= {r.id for r in rows}
+    assert len(evidence["rows"]) == min(20, len(rows))
+    assert evidence["query"]["contractor"] == "acme-idp:bob"

@@ -31,6 +31,7 @@ DETECTORS = (
     "impossible_travel",
     "locked_attempt",
     "canary_touch",
+    "catalogue_mismatch",
 )
 
 
@@ -133,6 +134,12 @@ class AnomalyConfig:
     # Who is locked the moment a canary record is fetched: contractor, vendor or none.
     canary_lock: str = "contractor"
 
+    # --- records asked for under another project's path (record catalogue) ----------
+    # Rows withheld or refused as `catalogue_mismatch` by one contractor in one UTC day
+    # that raise an alert; one such row is already a probe of the upstream's IDOR.
+    catalogue_mismatch_min_rows: int = 1
+    catalogue_mismatch_severity: str = "high"
+
     # --- alerts -> locks --------------------------------------------------------------
     auto_lock_detectors: tuple[str, ...] = ()
     auto_lock_min_severity: str = "critical"
@@ -189,6 +196,10 @@ def parse_anomaly_table(raw: Any) -> AnomalyConfig:
             )
     if config.auto_lock_min_severity not in SEVERITIES:
         raise AnomalyConfigError("auto_lock_min_severity", f"must be one of {list(SEVERITIES)}")
+    if config.catalogue_mismatch_severity not in SEVERITIES:
+        raise AnomalyConfigError(
+            "catalogue_mismatch_severity", f"must be one of {list(SEVERITIES)}"
+        )
     if config.canary_on_fetch not in ("withhold", "release"):
         raise AnomalyConfigError("canary_on_fetch", "must be withhold or release")
     if config.canary_lock not in ("contractor", "vendor", "none"):

@@ -134,6 +134,25 @@ class CanaryHit(NamedTuple):
     project: str | None
 
 
+class MismatchHit(NamedTuple):
+    """A record asked for under a path the record catalogue does not place it in."""
+
+    id: int
+    ts: float
+    request_id: str
+    issuer: str | None
+    subject: str | None
+    vendor: str | None
+    client_ip: str | None
+    record_id: str | None
+    decision: str
+    project: str | None  # where the record really is
+    path: str
+
+
+CATALOGUE_MISMATCH = "catalogue_mismatch"
+
+
 class LogSource(Protocol):
     """Where the detectors' data comes from: the database or the simulator."""
 
@@ -159,6 +178,10 @@ class LogSource(Protocol):
 
     def canary_hits(self, start_ts: float, end_ts: float) -> list[CanaryHit]:
         """Every row in the window that touched a canary record."""
+        ...
+
+    def catalogue_mismatches(self, start_ts: float, end_ts: float) -> list[MismatchHit]:
+        """Every row in the window withheld or refused as `catalogue_mismatch`."""
         ...
 
 
@@ -518,6 +541,31 @@ class MemorySource:
                             request.project,
                         )
                     )
+        return hits
+
+    def catalogue_mismatches(self, start_ts: float, end_ts: float) -> list[MismatchHit]:
+        times = [request.ts for request in self.requests]
+        hits = []
+        for index in range(bisect.bisect_left(times, start_ts), bisect.bisect_left(times, end_ts)):
+            request = self.requests[index]
+            if request.reason != CATALOGUE_MISMATCH:
+                continue
+            for offset, record_id in enumerate(request.record_ids):
+                hits.append(
+                    MismatchHit(
+                        self.first_ids[index] + offset,
+                        request.ts,
+                        request.request_id,
+                        request.issuer,
+                        request.subject,
+                        request.vendor,
+                        request.client_ip,
+                        record_id,
+                        request.decision,
+                        request.project,
+                        request.path,
+                    )
+                )
         return hits
 
     def rows(self) -> Iterator[dict[str, Any]]:

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.types import BigInteger, Float
 
 from gateway.anomaly.data import (
+    CATALOGUE_MISMATCH,
     ERROR_REASONS,
     LOCK_PREFIX,
     STREAM_CUT_LOCKED,
@@ -42,6 +43,7 @@ from gateway.anomaly.data import (
     CanaryHit,
     DetailRow,
     HourlyRow,
+    MismatchHit,
     Who,
 )
 from gateway.db.models import AccessEvent, AnomalyHourly, AnomalyState, CanaryRecord
@@ -418,6 +420,34 @@ class SqlSource:
                 hits.append(CanaryHit(r[0], ts, r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
         hits.sort(key=lambda hit: (hit[1], hit[0]))
         return hits
+
+    def catalogue_mismatches(self, start_ts: float, end_ts: float) -> list[MismatchHit]:
+        # Rare rows: a partial index on time for this reason (migration 0007) finds them.
+        a = AccessEvent
+        query = (
+            select(
+                a.id,
+                a.time,
+                a.request_id,
+                a.issuer,
+                a.subject,
+                a.vendor,
+                a.client_ip,
+                a.record_id,
+                a.decision,
+                a.project,
+                a.path,
+            )
+            .where(
+                a.reason == CATALOGUE_MISMATCH,
+                a.time >= time_param(from_ts(start_ts), self.dialect),
+                a.time < time_param(from_ts(end_ts), self.dialect),
+            )
+            .order_by(a.time, a.id)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [MismatchHit(r[0], utc(r[1]).timestamp(), *r[2:]) for r in rows]
 
 
 def hours_for(since: datetime, until: datetime) -> tuple[int, int]:

@@ -32,6 +32,7 @@ from gateway.anomaly.detectors.common import (
 )
 from gateway.anomaly.detectors.records import (
     canary_touches,
+    catalogue_mismatches,
 )
 from gateway.anomaly.detectors.volume import (
     breadth,
@@ -53,6 +54,8 @@ SERIES_DETECTORS: dict[str, Callable[[Series, Peers, Context], list[Finding]]] =
     "impossible_travel": impossible_travel,
     "locked_attempt": locked_attempts,
 }
+# Detectors of single records, run over the window's raw rows, not the series.
+RECORD_DETECTORS = frozenset({"canary_touch", "catalogue_mismatch"})
 # Unauthenticated traffic (keyed by address) has no history, peers or locks to speak of.
 ADDRESS_DETECTORS = ("probing",)
 
@@ -169,7 +172,7 @@ def detect(
     end_hour = math.ceil(end_ts / 3600)
     start_hour = since_hour - 24 * lookback_days(config)
     ctx = Context(config, source, since_hour, end_hour, locations_for(config))
-    wanted = set(detectors or SERIES_DETECTORS.keys() | {"canary_touch"})
+    wanted = set(detectors or SERIES_DETECTORS.keys() | RECORD_DETECTORS)
     findings: list[Finding] = []
     across = project_days(source.daily_reads(start_hour, end_hour))
     vendors = source.vendors(start_hour, end_hour)
@@ -188,6 +191,8 @@ def detect(
                 progress(1)
     if "canary_touch" in wanted:
         findings.extend(canary_touches(ctx))
+    if "catalogue_mismatch" in wanted:
+        findings.extend(catalogue_mismatches(ctx))
     merged = merge(findings)
     attach_evidence(source, merged)
     return merged

@@ -62,6 +62,14 @@ def upgrade() -> None:
         sa.Column("gone", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("error", sa.Text),
     )
+    # The catalogue_mismatch detector reads these rare rows by time.
+    op.create_index(
+        "ix_access_log_catalogue_mismatch",
+        "access_log",
+        ["time"],
+        postgresql_where=sa.text("reason = 'catalogue_mismatch'"),
+        sqlite_where=sa.text("reason = 'catalogue_mismatch'"),
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(RUNTIME_GRANTS)
 
@@ -91,6 +99,7 @@ $$
 
 
 def downgrade() -> None:
+    op.drop_index("ix_access_log_catalogue_mismatch", "access_log")
     op.drop_table("catalogue_runs")
     op.drop_table("catalogue_kinds")
     op.drop_index("ix_catalogue_records_project", "catalogue_records")
