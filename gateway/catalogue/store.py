@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from sys import intern
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
@@ -66,7 +67,8 @@ class CatalogueStore:
                     )
                 )
                 for record_id, project, task in rows:
-                    found[record_id] = Placement(project, task)
+                    # Interned: a worker's cache holds one copy of each project name.
+                    found[record_id] = Placement(intern(project), task)
         return found
 
     def kinds(self) -> dict[str, int]:
