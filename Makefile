@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean lock wheel
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ demo: install
 
 bench: install
 	$(PY) bench/proxy_overhead.py
+
+# The runtime dependencies pinned with hashes (the Dockerfile installs from it).
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+	  -o requirements/runtime.lock
+
+wheel: install
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 clean:
 	rm -rf $(VENV) var/*.db* .pytest_cache

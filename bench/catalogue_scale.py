@@ -437,7 +437,7 @@ def overhead(args: argparse.Namespace) -> None:
                         *gunicorn_settings(2, 8),
                         "-b",
                         f"127.0.0.1:{gw_port}",
-                        "wsgi:app",
+                        "gateway.wsgi:app",
                     ],
                     env=env,
                 )

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.proxy_overhead import generate_policy  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
+from gateway.config import DEFAULT_MODEL_PATH, parse_config  # noqa: E402
 from gateway.db.migrate import upgrade  # noqa: E402
 from gateway.db.session import make_engine  # noqa: E402
 from gateway.policy import PolicyEngine, parse_csv  # noqa: E402
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     replace_rules(db, rules, actor="bench", reason="scale benchmark")
     import_seconds = time.perf_counter() - started
 
-    engine = PolicyEngine(db, ROOT / "policies" / "model.conf", poll_interval=1.0)
+    engine = PolicyEngine(db, DEFAULT_MODEL_PATH, poll_interval=1.0)
     started = time.perf_counter()
     engine.refresh()
     build_seconds = time.perf_counter() - started

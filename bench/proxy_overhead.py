@@ -1021,7 +1021,7 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
     gw_port = free_port()
     gateway = procs.start(
         "gateway",
-        [PYTHON, "-m", "gunicorn", *settings, "-b", f"127.0.0.1:{gw_port}", "wsgi:app"],
+        [PYTHON, "-m", "gunicorn", *settings, "-b", f"127.0.0.1:{gw_port}", "gateway.wsgi:app"],
         env=cli_env,
     )
     gateway.url = f"http://127.0.0.1:{gw_port}"

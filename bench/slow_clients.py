@@ -170,7 +170,7 @@ def start_stack(workdir: Path, args: argparse.Namespace) -> Stack:
             f"127.0.0.1:{port}",
             "--graceful-timeout",
             "2",
-            "wsgi:app",
+            "gateway.wsgi:app",
         ]
         if args.header_timeout is not None:
             env["GATEWAY_CLIENT_HEADER_TIMEOUT"] = str(args.header_timeout)

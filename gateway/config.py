@@ -27,8 +27,8 @@ from gateway.configbase import config_bool as _bool
 from gateway.configbase import config_str as _str
 from gateway.route_config import RouteConfig, parse_route
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_PATH = PROJECT_ROOT / "policies" / "model.conf"
+# The Casbin model ships inside the package, so an installed wheel finds it.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "policy" / "model.conf"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ALLOWED_ALGORITHMS = frozenset(
@@ -135,6 +135,23 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """`gateway serve`'s gunicorn settings (its flags override them)."""
+
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+    threads: int = 16
+    # Seconds an idle client connection is kept: above a pooling proxy's idle timeout.
+    keep_alive: int = 5
+    # Seconds workers get to finish requests on stop; keep it below the container
+    # runtime's stop grace (Docker: 10 s unless --stop-timeout says otherwise).
+    graceful_timeout: int = 8
+    # Recycle a worker after this many requests (0 = never), +/- up to the jitter.
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str
     issuers: tuple[IssuerConfig, ...]
@@ -149,6 +166,7 @@ class Config:
     # the gateway and every command at start-up, not the first scan).
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
+    server: ServerConfig = ServerConfig()
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -223,6 +241,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         "lockout",
         "anomaly",
         "catalogue",
+        "server",
     }
     for key in raw:
         if key not in known:
@@ -266,7 +285,18 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         lockout=_build(LockoutConfig, raw.get("lockout", {}), "lockout"),
         anomaly=_anomaly(raw.get("anomaly")),
         catalogue=parse_catalogue_table(raw.get("catalogue")),
+        server=_server(raw.get("server", {})),
     )
+
+
+def _server(raw: Any) -> ServerConfig:
+    server = _build(ServerConfig, raw, "server")
+    host, _, port = server.bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("server.bind", "must be HOST:PORT, e.g. 0.0.0.0:8080")
+    if server.max_requests_jitter and not server.max_requests:
+        raise ConfigError("server.max_requests_jitter", "needs server.max_requests")
+    return server
 
 
 def _anomaly(raw: Any) -> AnomalyConfig:

@@ -1,6 +1,6 @@
 """The gunicorn worker the gateway runs under: gthread, with slow clients bounded.
 
-    gunicorn -k gateway.serving.GatewayThreadWorker wsgi:app
+    gunicorn -k gateway.serving.GatewayThreadWorker gateway.wsgi:app
 
 gunicorn's gthread worker commits a thread to a connection once its first byte arrives
 and then blocks that thread in recv() for as long as the client keeps trickling: with no

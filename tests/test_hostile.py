@@ -201,7 +201,7 @@ jwks_min_refresh_seconds = 30
         "--threads",
         "4",
     ]
-    argv += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "wsgi:app"]
+    argv += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "gateway.wsgi:app"]
     proc: Proc = start(
         argv,
         f"http://127.0.0.1:{port}",

@@ -88,7 +88,7 @@ def slow_gateway(
         f"127.0.0.1:{port}",
         "--graceful-timeout",
         "2",
-        "wsgi:app",
+        "gateway.wsgi:app",
     ]
     gateway.proc = start(
         argv,

@@ -579,3 +579,34 @@ def test_anomaly_table_is_part_of_the_gateway_config(tmp_path: Path) -> None:
         error = refused({**base_raw(), "anomaly": table})
         assert error.key == key, error
     assert refused({**base_raw(), "anomaly": "on"}).key == "anomaly"
+
+
+def test_server_table_defaults_and_overrides() -> None:
+    config = parse_config(base_raw())
+    assert (config.server.bind, config.server.workers, config.server.graceful_timeout) == (
+        "127.0.0.1:8080",
+        2,
+        8,
+    )
+    raw = base_raw()
+    raw["server"] = {"bind": "0.0.0.0:9000", "workers": 4, "max_requests": 1000}
+    raw["server"]["max_requests_jitter"] = 50
+    server = parse_config(raw).server
+    assert (server.bind, server.workers, server.max_requests_jitter) == ("0.0.0.0:9000", 4, 50)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"bind": "8080"}, "server.bind"),
+        ({"bind": "host:99999"}, "server.bind"),
+        ({"workers": 0}, "server.workers"),
+        ({"threads": "16"}, "server.threads"),
+        ({"max_requests_jitter": 10}, "server.max_requests_jitter"),
+        ({"port": 8080}, "server.port"),
+    ],
+)
+def test_bad_server_table_names_the_key(table: dict[str, Any], key: str) -> None:
+    raw = base_raw()
+    raw["server"] = table
+    assert refused(raw).key == key

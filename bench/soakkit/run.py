@@ -187,7 +187,6 @@ def code_fingerprint() -> dict[str, str]:
         *sorted((ROOT / "gateway").rglob("*.py")),
         ROOT / "tests" / "conftest.py",
         ROOT / "config" / "gateway.toml",
-        ROOT / "wsgi.py",
     ]
     for path in paths:
         name = str(path.relative_to(ROOT))

@@ -67,14 +67,14 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
 
 @main.command("serve")
 @config_option
-@click.option("--bind", default="127.0.0.1:8080", show_default=True)
-@click.option("--workers", default=2, show_default=True)
-@click.option("--threads", default=16, show_default=True)
+@click.option("--bind", help="HOST:PORT [server.bind: 127.0.0.1:8080]")
+@click.option("--workers", type=click.IntRange(min=1), help="[server.workers: 2]")
+@click.option("--threads", type=click.IntRange(min=1), help="[server.threads: 16]")
 @click.option(
     "--keep-alive",
-    default=5,
-    show_default=True,
-    help="seconds an idle connection is kept (above a pooling proxy's idle timeout)",
+    type=click.IntRange(min=1),
+    help="seconds an idle connection is kept, above a pooling proxy's idle timeout"
+    " [server.keep_alive: 5]",
 )
 @click.option(
     "--client-header-timeout",
@@ -96,10 +96,10 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
 )
 def serve(
     config_path: str | None,
-    bind: str,
-    workers: int,
-    threads: int,
-    keep_alive: int,
+    bind: str | None,
+    workers: int | None,
+    threads: int | None,
+    keep_alive: int | None,
     client_header_timeout: float | None,
     client_body_timeout: float | None,
     client_body_min_rate: float | None,
@@ -114,7 +114,14 @@ def serve(
     )
 
     config_file = config_path or os.environ.get("GATEWAY_CONFIG")
-    _load(config_file)
+    config = _load(config_file)
+    server = config.server
+    if config.database_url.startswith("sqlite"):
+        click.echo(
+            f"warning: the access log is the SQLite file of {config.database_url}: keep it on"
+            " persistent storage (in a container, a volume) or use PostgreSQL",
+            err=True,
+        )
     os.environ["GATEWAY_CONFIG"] = str(Path(config_file or "").resolve())
     # gunicorn's workers read the limits from the environment this process hands on.
     for name, value in (
@@ -128,29 +135,38 @@ def serve(
         ClientLimits.from_env()
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    root = Path(__file__).resolve().parents[2]
     argv = [
         sys.executable,
         "-m",
         "gunicorn",
-        "--chdir",
-        str(root),
         "-k",
         "gateway.serving.GatewayThreadWorker",
         "-w",
-        str(workers),
+        str(workers or server.workers),
         "--threads",
-        str(threads),
+        str(threads or server.threads),
         "--keep-alive",
-        str(keep_alive),
+        str(keep_alive or server.keep_alive),
+        "--graceful-timeout",
+        str(server.graceful_timeout),
         "-b",
-        bind,
-        "wsgi:app",
+        bind or server.bind,
     ]
+    if server.max_requests:
+        argv += ["--max-requests", str(server.max_requests)]
+        argv += ["--max-requests-jitter", str(server.max_requests_jitter)]
+    argv.append("gateway.wsgi:app")
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with gunicorn
 
 
-@main.command("demo-upstream")
+def _demo_installed() -> bool:
+    """The runtime image leaves the demo package out; its command goes with it."""
+    import importlib.util
+
+    return importlib.util.find_spec("gateway.demo") is not None
+
+
+@click.command("demo-upstream")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=9000, show_default=True)
 @click.option(
@@ -167,6 +183,10 @@ def demo_upstream(host: str, port: int, token: str, idor: bool) -> None:
     from gateway.demo.upstream import serve as serve_upstream
 
     serve_upstream(host, port, token, idor=idor)
+
+
+if _demo_installed():
+    main.add_command(demo_upstream)
 
 
 # The policy commands live in their own module, which uses `_load` and `config_option`.

@@ -280,7 +280,7 @@ class Demo:
             "-w",
             "2",
         ]
-        gateway_argv += ["--threads", "8", "-b", f"{HOST}:{self.ports.gateway}", "wsgi:app"]
+        gateway_argv += ["--threads", "8", "-b", f"{HOST}:{self.ports.gateway}", "gateway.wsgi:app"]
         gateway = self.start("gateway", "gateway.log", gateway_argv, self.gateway_env())
         self.wait_for(gateway, f"{self.ports.gateway_url}/_gateway/ready", what="become ready")
 

@@ -40,7 +40,7 @@ CASBIN_LOCK = threading.Lock()
 
 
 def project_model(model_text: str) -> str:
-    """The model of policies/model.conf for an enforcer that holds a single project.
+    """The model of gateway/policy/model.conf for an enforcer that holds a single project.
 
     Role links there are scoped by project (`g = _, _, _`). Inside one project's enforcer
     the scope is always that project, so the domain can be dropped, and must be: pycasbin's

@@ -1,4 +1,5 @@
-"""`gunicorn wsgi:app` — the configuration comes from GATEWAY_CONFIG."""
+"""`gunicorn gateway.wsgi:app`: the WSGI entry point; the configuration comes from
+GATEWAY_CONFIG."""
 
 from gateway import create_app
 from gateway.config import load_config
