@@ -62,6 +62,11 @@ class IssuerConfig:
     discovery_url: str | None = None
     leeway_seconds: int = 30
     jwks_min_refresh_seconds: float = 30.0
+    # Discovery and JWKS are refetched this often (shorter if the IdP's Cache-Control
+    # says so), so a key the IdP withdraws stops validating within it.
+    jwks_ttl_seconds: float = 600.0
+    # How long past their time the last keys serve while the IdP cannot be reached.
+    jwks_stale_seconds: float = 300.0
     # Opaque (non-JWT) access tokens: "auto" uses RFC 7662 introspection when the
     # issuer advertises it and we hold client credentials, else userinfo. Off by default:
     # an opaque token names no issuer, so only one issuer may be asked about them.
@@ -409,7 +414,13 @@ def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
         raise ConfigError(f"{key}.opaque_tokens", "must be auto, introspection, userinfo or reject")
     if opaque == "introspection" and not (raw.get("client_id") and raw.get("client_secret")):
         raise ConfigError(f"{key}.client_id", "introspection needs client_id and client_secret")
-    for numeric in ("leeway_seconds", "jwks_min_refresh_seconds", "opaque_cache_seconds"):
+    for numeric in (
+        "leeway_seconds",
+        "jwks_min_refresh_seconds",
+        "jwks_ttl_seconds",
+        "jwks_stale_seconds",
+        "opaque_cache_seconds",
+    ):
         if numeric in raw and (
             isinstance(raw[numeric], bool)
             or not isinstance(raw[numeric], int | float)
@@ -428,6 +439,8 @@ def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
         discovery_url=raw.get("discovery_url"),
         leeway_seconds=int(raw.get("leeway_seconds", 30)),
         jwks_min_refresh_seconds=float(raw.get("jwks_min_refresh_seconds", 30.0)),
+        jwks_ttl_seconds=float(raw.get("jwks_ttl_seconds", 600.0)),
+        jwks_stale_seconds=float(raw.get("jwks_stale_seconds", 300.0)),
         opaque_tokens=opaque,
         client_id=raw.get("client_id"),
         client_secret=raw.get("client_secret"),

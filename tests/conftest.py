@@ -320,8 +320,10 @@ def gateway_config(
     opaque_mode: str = "userinfo",
     extra_routes: str = "",
     routes: str | None = None,
+    acme_issuer_keys: str = "jwks_min_refresh_seconds = 30",
 ) -> str:
-    """The test gateway's config; `routes` replaces the sample routes and the test routes."""
+    """The test gateway's config; `routes` replaces the sample routes and the test routes,
+    `acme_issuer_keys` the JWT issuer's key-refresh settings."""
     if routes is None:
         base = (ROOT / "config" / "gateway.toml").read_text()
         routes = base[base.index("[[routes]]") :] + EXTRA_TEST_ROUTES
@@ -335,7 +337,7 @@ issuer = "{idp_url}"
 audience = "{AUDIENCE}"
 vendor = "acme"
 roles_claim = "roles"
-jwks_min_refresh_seconds = 30
+{acme_issuer_keys}
 
 [[issuers]]
 name = "lab-idp"
@@ -431,6 +433,7 @@ def launch_gateway(
     opaque_mode: str = "userinfo",
     extra_routes: str = "",
     routes: str | None = None,
+    acme_issuer_keys: str = "jwks_min_refresh_seconds = 30",
 ) -> Gateway:
     config_path = tmp / "gateway.toml"
     config_path.write_text(
@@ -442,6 +445,7 @@ def launch_gateway(
             opaque_mode=opaque_mode,
             extra_routes=extra_routes,
             routes=routes,
+            acme_issuer_keys=acme_issuer_keys,
         )
     )
     port = free_port()

@@ -138,7 +138,11 @@ class TokenVerifier:
         if is_plain_jwt and any(name in claims for name in _ID_TOKEN_CLAIMS):
             raise AuthError("invalid_token", "an ID token is not accepted as an access token")
         principal = self._principal(config, claims, expires_at=float(claims["exp"]))
-        return principal, float(claims["exp"]) + config.leeway_seconds
+        # Not cached past the keys' refresh: the key that signed it may be withdrawn then.
+        valid_until = min(
+            float(claims["exp"]) + config.leeway_seconds, now + issuer.keys_valid_for()
+        )
+        return principal, valid_until
 
     def _signing_key(self, issuer: Issuer, kid: str | None) -> Key:
         try:

@@ -97,10 +97,33 @@ def _add_introspection(app: flask.Flask, audience: str) -> None:
         return response
 
 
+def _add_key_rotation(app: flask.Flask, jwks_max_age: int | None) -> None:
+    """`POST /test/rotate-key`: a new signing key replaces the old one, which disappears
+    from the JWKS (a withdrawn key). `--jwks-max-age` adds Cache-Control to the JWKS."""
+
+    @app.post("/test/rotate-key")
+    def rotate_key():  # type: ignore[no-untyped-def]
+        storage = flask.g.oidc_provider_mock_storage
+        old = storage.jwk.as_dict().get("kid")
+        storage.jwk = type(storage.jwk).generate_key(is_private=True)
+        return {"withdrawn": old, "current": storage.jwk.as_dict().get("kid")}
+
+    @app.after_request
+    def cache_control(response: flask.Response) -> flask.Response:
+        if jwks_max_age is not None and flask.request.path == "/jwks":
+            response.headers["Cache-Control"] = f"public, max-age={jwks_max_age}"
+        return response
+
+
 def build_app(
-    jwt_audience: str | None, users: list[dict], token_max_age: int, introspection: str | None
+    jwt_audience: str | None,
+    users: list[dict],
+    token_max_age: int,
+    introspection: str | None,
+    jwks_max_age: int | None = None,
 ) -> flask.Flask:
     app = flask.Flask("test-idp")
+    _add_key_rotation(app, jwks_max_age)
     if jwt_audience:
         app.config["OAUTH2_ACCESS_TOKEN_GENERATOR"] = _MockJWTAccessTokens(jwt_audience)
     if introspection:
@@ -120,6 +143,7 @@ def build_app(
 @click.option("--user-claims", multiple=True, help="JSON object with at least 'sub'")
 @click.option("--token-max-age", default=3600)
 @click.option("--introspection-audience", default=None, help="serve RFC 7662 introspection")
+@click.option("--jwks-max-age", type=int, default=None, help="Cache-Control max-age of the JWKS")
 def main(
     host: str,
     port: int,
@@ -127,11 +151,12 @@ def main(
     user_claims: tuple[str, ...],
     token_max_age: int,
     introspection_audience: str | None,
+    jwks_max_age: int | None,
 ) -> None:
     import werkzeug.serving
 
     users = [json.loads(text) for text in user_claims]
-    app = build_app(jwt_audience, users, token_max_age, introspection_audience)
+    app = build_app(jwt_audience, users, token_max_age, introspection_audience, jwks_max_age)
     werkzeug.serving.run_simple(host, port, app, threaded=True)
 
 
