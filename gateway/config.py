@@ -22,7 +22,7 @@ from gateway.anomaly.config import (
 )
 from gateway.catalogue.config import CatalogueConfig, parse_catalogue_table
 from gateway.configbase import NAME as _NAME
-from gateway.configbase import ConfigError
+from gateway.configbase import ConfigError, existing_file, read_secret_file
 from gateway.configbase import config_bool as _bool
 from gateway.configbase import config_str as _str
 from gateway.route_config import RouteConfig, parse_route
@@ -74,6 +74,8 @@ class IssuerConfig:
     client_id: str | None = None
     client_secret: str | None = None
     opaque_cache_seconds: float = 60.0
+    # CA bundle for the IdP's TLS certificate (default: the system's).
+    ca_file: str | None = None
 
     @property
     def discovery(self) -> str:
@@ -93,6 +95,11 @@ class UpstreamConfig:
     # Upper bound on JSON values in a record body, counted before parsing: parsed, each
     # small value costs ~50-100 bytes of memory, so this bounds a worker's memory.
     max_json_values: int = 1_000_000
+    # TLS to an https upstream: the CA bundle that signs its certificate (default: the
+    # system's), and the gateway's client certificate and key for mutual TLS.
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,9 +260,16 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
             raise ConfigError(key, f"unknown section (expected one of {sorted(known)})")
     database = _table(raw, "database")
     for key in database:
-        if key != "url":
+        if key not in ("url", "url_file"):
             raise ConfigError(f"database.{key}", "unknown key")
-    database_url = _str(expand_env(database.get("url"), "database.url", environ), "database.url")
+    if "url_file" in database:
+        if "url" in database:
+            raise ConfigError("database.url_file", "set url or url_file, not both")
+        database_url = read_secret_file(database["url_file"], "database.url_file")
+    else:
+        database_url = _str(
+            expand_env(database.get("url"), "database.url", environ), "database.url"
+        )
     issuers = tuple(
         _issuer(expand_env(item, f"issuers[{i}]", environ), f"issuers[{i}]")
         for i, item in enumerate(_list(raw, "issuers"))
@@ -383,10 +397,16 @@ def _build(cls: type, raw: Any, key: str) -> Any:
 
 
 def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
-    allowed = set(IssuerConfig.__dataclass_fields__)
+    allowed = set(IssuerConfig.__dataclass_fields__) | {"client_secret_file"}
     for name in raw:
         if name not in allowed:
             raise ConfigError(f"{key}.{name}", "unknown key")
+    if "client_secret_file" in raw:
+        if "client_secret" in raw:
+            raise ConfigError(f"{key}.client_secret_file", "set client_secret or its file")
+        secret = read_secret_file(raw["client_secret_file"], f"{key}.client_secret_file")
+        raw = {k: v for k, v in raw.items() if k != "client_secret_file"}
+        raw["client_secret"] = secret
     name = _str(raw.get("name"), f"{key}.name")
     if not _NAME.match(name):
         raise ConfigError(f"{key}.name", "use lower-case letters, digits, '.', '_' or '-'")
@@ -445,6 +465,11 @@ def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
         client_id=raw.get("client_id"),
         client_secret=raw.get("client_secret"),
         opaque_cache_seconds=float(raw.get("opaque_cache_seconds", 60.0)),
+        ca_file=(
+            existing_file(raw["ca_file"], f"{key}.ca_file")
+            if raw.get("ca_file") is not None
+            else None
+        ),
     )
 
 
@@ -457,6 +482,23 @@ def _upstream(raw: dict[str, Any]) -> UpstreamConfig:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise ConfigError("upstream.headers", "must be a table of string values")
-    rest = {k: v for k, v in raw.items() if k not in ("url", "headers")}
+    header_files = raw.get("header_files", {})
+    if not isinstance(header_files, dict):
+        raise ConfigError("upstream.header_files", "must be a table of file paths")
+    headers = dict(headers)
+    for name, path in header_files.items():
+        if name in headers:
+            raise ConfigError(f"upstream.header_files.{name}", "also set in upstream.headers")
+        headers[name] = read_secret_file(path, f"upstream.header_files.{name}")
+    files = {}
+    for name in ("ca_file", "client_cert_file", "client_key_file"):
+        if raw.get(name) is not None:
+            files[name] = existing_file(raw[name], f"upstream.{name}")
+    if files and not url.startswith("https://"):
+        raise ConfigError(f"upstream.{next(iter(files))}", "only applies to an https upstream")
+    if ("client_cert_file" in files) != ("client_key_file" in files):
+        raise ConfigError("upstream.client_cert_file", "set with upstream.client_key_file")
+    skip = ("url", "headers", "header_files", "ca_file", "client_cert_file", "client_key_file")
+    rest = {k: v for k, v in raw.items() if k not in skip}
     base = _build(UpstreamConfig, {"url": url, **rest}, "upstream")
-    return UpstreamConfig(**{**base.__dict__, "headers": headers})
+    return UpstreamConfig(**{**base.__dict__, "headers": headers, **files})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
@@ -30,3 +32,23 @@ def config_bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, "must be true or false")
     return value
+
+
+def existing_file(value: Any, key: str) -> str:
+    """A path to a readable file, or a ConfigError naming the key."""
+    path = Path(config_str(value, key))
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(key, f"{path} is not a readable file")
+    return str(path)
+
+
+def read_secret_file(value: Any, key: str) -> str:
+    """A secret kept in a file (a mounted secret): its text without the final newline."""
+    path = existing_file(value, key)
+    try:
+        secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(key, f"cannot read {path}: {type(error).__name__}") from None
+    if not secret:
+        raise ConfigError(key, f"{path} is empty")
+    return secret

@@ -46,6 +46,7 @@ from gateway.upstream import (
     UpstreamResponse,
     request_headers_for_upstream,
     response_headers_for_client,
+    trace_headers,
 )
 from gateway.upstream.downloads import ActiveDownloads, Download, GuardedStream
 
@@ -272,6 +273,7 @@ class Pipeline:
         match, principal = ctx.match, ctx.principal
         assert match is not None and principal is not None
         headers = request_headers_for_upstream(request.headers.items())
+        headers.update(trace_headers(request.headers))
         headers.update(self.config.upstream.headers)
         headers["Accept-Encoding"] = "identity"
         headers["X-Request-Id"] = ctx.request_id

@@ -321,9 +321,12 @@ def gateway_config(
     extra_routes: str = "",
     routes: str | None = None,
     acme_issuer_keys: str = "jwks_min_refresh_seconds = 30",
+    upstream_extra: str = "",
+    upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
 ) -> str:
     """The test gateway's config; `routes` replaces the sample routes and the test routes,
-    `acme_issuer_keys` the JWT issuer's key-refresh settings."""
+    `acme_issuer_keys` the JWT issuer's key-refresh settings; `upstream_extra` adds keys
+    to [upstream]."""
     if routes is None:
         base = (ROOT / "config" / "gateway.toml").read_text()
         routes = base[base.index("[[routes]]") :] + EXTRA_TEST_ROUTES
@@ -352,8 +355,9 @@ opaque_cache_seconds = 5
 
 [upstream]
 url = "{upstream_url}"
-headers = {{ Authorization = "Token ${{UPSTREAM_TOKEN}}" }}
+{upstream_headers}
 read_timeout = 2.0
+{upstream_extra}
 
 [policy]
 poll_interval_seconds = 0.5
@@ -434,6 +438,8 @@ def launch_gateway(
     extra_routes: str = "",
     routes: str | None = None,
     acme_issuer_keys: str = "jwks_min_refresh_seconds = 30",
+    upstream_extra: str = "",
+    upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
 ) -> Gateway:
     config_path = tmp / "gateway.toml"
     config_path.write_text(
@@ -446,6 +452,8 @@ def launch_gateway(
             extra_routes=extra_routes,
             routes=routes,
             acme_issuer_keys=acme_issuer_keys,
+            upstream_extra=upstream_extra,
+            upstream_headers=upstream_headers,
         )
     )
     port = free_port()

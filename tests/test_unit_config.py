@@ -610,3 +610,59 @@ def test_bad_server_table_names_the_key(table: dict[str, Any], key: str) -> None
     raw = base_raw()
     raw["server"] = table
     assert refused(raw).key == key
+
+
+def test_secrets_and_tls_files(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    raw = base_raw()
+    raw["database"] = {"url_file": str(secret)}
+    raw["issuers"][0] |= {"client_secret_file": str(secret), "ca_file": str(ca)}
+    raw["upstream"] = {
+        "url": "https://data.example",
+        "header_files": {"Authorization": str(secret)},
+        "ca_file": str(ca),
+        "client_cert_file": str(ca),
+        "client_key_file": str(ca),
+    }
+    config = parse_config(raw)
+    assert config.database_url == "s3cret"
+    assert config.issuers[0].client_secret == "s3cret"
+    assert config.issuers[0].ca_file == str(ca)
+    assert config.upstream.headers == {"Authorization": "s3cret"}
+    assert config.upstream.client_key_file == str(ca)
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda raw, p: raw["database"].update(url_file=str(p / "missing")), "database.url_file"),
+        (lambda raw, p: raw["database"].update(url_file=str(p / "empty")), "database.url_file"),
+        (
+            lambda raw, p: raw["issuers"][0].update(client_secret_file=str(p / "missing")),
+            "issuers[0].client_secret_file",
+        ),
+        (lambda raw, p: raw["issuers"][0].update(ca_file=str(p)), "issuers[0].ca_file"),
+        (
+            lambda raw, p: raw["upstream"].update(ca_file=str(p / "empty")),
+            "upstream.ca_file",  # an http upstream: TLS keys do not apply
+        ),
+        (
+            lambda raw, p: raw["upstream"].update(
+                url="https://x.example", client_cert_file=str(p / "empty")
+            ),
+            "upstream.client_cert_file",  # without its key
+        ),
+        (
+            lambda raw, p: raw["upstream"].update(header_files={"Authorization": str(p / "x")}),
+            "upstream.header_files.Authorization",
+        ),
+    ],
+)
+def test_bad_secret_and_tls_files_name_the_key(change: Any, key: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("")
+    raw = base_raw()
+    change(raw, tmp_path)
+    assert refused(raw).key == key

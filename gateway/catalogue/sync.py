@@ -25,6 +25,7 @@ from gateway.catalogue.config import KIND, CatalogueSource
 from gateway.catalogue.store import CatalogueStore, Placement
 from gateway.config import Config
 from gateway.db.models import CatalogueRun
+from gateway.upstream.forward import tls_options
 
 IMPORT_BATCH = 5000
 MAX_PAGE_BYTES = 64 * 1024 * 1024
@@ -335,6 +336,7 @@ def _walk(
             connect=config.upstream.connect_timeout, read=config.upstream.read_timeout
         ),
         maxsize=1,
+        **tls_options(config.upstream),
     )
     label = f"{source.kind} of project {project}"
     while True:

@@ -46,13 +46,21 @@ class TokenVerifier:
         cache_size: int = 100_000,
     ) -> None:
         self._http = http or urllib3.PoolManager(num_pools=8, maxsize=8)
-        self.issuers = [Issuer(config, self._http) for config in issuers]
+        self.issuers = [Issuer(config, self._pool_for(config)) for config in issuers]
         self._by_url = {issuer.config.issuer: issuer for issuer in self.issuers}
         self._opaque = [i for i in self.issuers if i.config.opaque_tokens != "reject"]
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._rejected: dict[bytes, tuple[AuthError, float]] = {}
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
+
+    def _pool_for(self, config: IssuerConfig) -> urllib3.PoolManager:
+        """An issuer with its own CA bundle gets its own pool; the others share one."""
+        if not config.ca_file:
+            return self._http
+        return urllib3.PoolManager(
+            num_pools=2, maxsize=8, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_file
+        )
 
     def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer_token(authorization)

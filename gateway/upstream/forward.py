@@ -165,6 +165,19 @@ def decode_body(data: bytes, encoding: str, limit: int) -> bytes:
     raise _bad_body("upstream_encoding", f"the dataset service sent a corrupt {encoding} body")
 
 
+def tls_options(config: UpstreamConfig) -> dict[str, Any]:
+    """urllib3 pool options for the upstream's TLS: its CA, the gateway's client pair."""
+    if not config.url.startswith("https://"):
+        return {}
+    options: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+    if config.ca_file:
+        options["ca_certs"] = config.ca_file
+    if config.client_cert_file:
+        options["cert_file"] = config.client_cert_file
+        options["key_file"] = config.client_key_file
+    return options
+
+
 class Upstream:
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
@@ -176,6 +189,7 @@ class Upstream:
             block=False,
             retries=False,
             timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            **tls_options(config),
         )
 
     def send(

@@ -9,7 +9,9 @@ harmless does not reach the upstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+import secrets
+from collections.abc import Iterable, Mapping
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones seen in the wild.
 HOP_BY_HOP = frozenset(
@@ -79,6 +81,27 @@ def request_headers_for_upstream(
             continue
         forwarded[key] = value
     return forwarded
+
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TRACESTATE_MAX = 512
+
+
+def trace_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
+    """W3C Trace Context for the upstream request: the client's trace continued with the
+    gateway as the parent span, or a new trace when the client sent none (or a malformed
+    or all-zero one, which the spec says to discard). `tracestate` only travels with the
+    trace it belongs to, and only if it is of sane size."""
+    parent = (client_headers.get("traceparent") or "").strip()
+    match = _TRACEPARENT.match(parent)
+    span = secrets.token_hex(8)
+    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        headers = {"traceparent": f"00-{match.group(1)}-{span}-{match.group(3)}"}
+        state = client_headers.get("tracestate")
+        if state and len(state) <= _TRACESTATE_MAX and state.isprintable():
+            headers["tracestate"] = state
+        return headers
+    return {"traceparent": f"00-{secrets.token_hex(16)}-{span}-00"}
 
 
 def response_headers_for_client(

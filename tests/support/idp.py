@@ -144,6 +144,8 @@ def build_app(
 @click.option("--token-max-age", default=3600)
 @click.option("--introspection-audience", default=None, help="serve RFC 7662 introspection")
 @click.option("--jwks-max-age", type=int, default=None, help="Cache-Control max-age of the JWKS")
+@click.option("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
+@click.option("--tls-key", default=None, help="... and this key")
 def main(
     host: str,
     port: int,
@@ -152,12 +154,15 @@ def main(
     token_max_age: int,
     introspection_audience: str | None,
     jwks_max_age: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     import werkzeug.serving
 
     users = [json.loads(text) for text in user_claims]
     app = build_app(jwt_audience, users, token_max_age, introspection_audience, jwks_max_age)
-    werkzeug.serving.run_simple(host, port, app, threaded=True)
+    tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    werkzeug.serving.run_simple(host, port, app, threaded=True, ssl_context=tls)
 
 
 if __name__ == "__main__":
