@@ -107,12 +107,21 @@ def worker(
     start_at: float,
     results: multiprocessing.Queue,
 ) -> None:
+    import tempfile
+    from pathlib import Path
+
     from gateway.audit import AuditWriter
     from gateway.db.session import make_engine
     from gateway.keys import GatewayKeys
+    from gateway.keys.registry import register_key
+    from gateway.keys.signer import Ed25519FileSigner, generate_key_file
 
     engine = make_engine(url)
-    keys = GatewayKeys(engine, audience="bench")
+    key_file = Path(tempfile.mkdtemp(prefix="audit-ingest-")) / "signing.pem"
+    generate_key_file(key_file)
+    signer = Ed25519FileSigner(key_file)
+    register_key(engine, signer)
+    keys = GatewayKeys(engine, signer, audience="bench")
     keys.sign_detached(b"warm")  # load the key before the clock starts
     writer = AuditWriter(
         engine,

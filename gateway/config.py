@@ -25,6 +25,7 @@ from gateway.configbase import NAME as _NAME
 from gateway.configbase import ConfigError, existing_file, read_secret_file
 from gateway.configbase import config_bool as _bool
 from gateway.configbase import config_str as _str
+from gateway.keys.config import KeysConfig, parse_keys_table
 from gateway.route_config import RouteConfig, parse_route
 
 # The Casbin model ships inside the package, so an installed wheel finds it.
@@ -179,6 +180,7 @@ class Config:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
     server: ServerConfig = ServerConfig()
+    keys: KeysConfig = field(default_factory=KeysConfig)
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -254,6 +256,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         "anomaly",
         "catalogue",
         "server",
+        "keys",
     }
     for key in raw:
         if key not in known:
@@ -305,6 +308,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         anomaly=_anomaly(raw.get("anomaly")),
         catalogue=parse_catalogue_table(raw.get("catalogue")),
         server=_server(raw.get("server", {})),
+        keys=parse_keys_table(raw.get("keys")),
     )
 
 

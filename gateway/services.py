@@ -13,7 +13,7 @@ from gateway.catalogue.view import CatalogueView
 from gateway.config import Config
 from gateway.db.session import make_engine
 from gateway.identity import TokenVerifier
-from gateway.keys import GatewayKeys
+from gateway.keys import GatewayKeys, gateway_keys
 from gateway.lockout import LockState
 from gateway.lockout.canary import CanaryTripwire
 from gateway.pipeline import Pipeline
@@ -46,9 +46,7 @@ def build_services(config: Config) -> Services:
         poll_interval=config.policy.poll_interval_seconds,
         cache_size=config.policy.decision_cache_size,
     )
-    keys = GatewayKeys(
-        db, ttl_seconds=config.gateway.assertion_ttl_seconds, audience=config.upstream.url
-    )
+    keys = gateway_keys(config, db, signing=True)
     audit = AuditWriter(
         db,
         batch_max_rows=config.audit.batch_max_rows,

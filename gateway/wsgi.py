@@ -2,6 +2,11 @@
 GATEWAY_CONFIG."""
 
 from gateway import create_app
-from gateway.config import load_config
+from gateway.config import ConfigError, load_config
+from gateway.keys import KeysError
 
-app = create_app(load_config())
+try:
+    app = create_app(load_config())
+except (ConfigError, KeysError) as error:
+    # One clear line instead of a worker traceback; gunicorn then stops for good.
+    raise SystemExit(f"gateway: {error}") from None

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -311,6 +312,20 @@ action = "read"
 """
 
 
+_SIGNING_KEY: list[Path] = []
+
+
+def signing_key_file() -> Path:
+    """One Ed25519 signing key for every test gateway of the session (a temp file)."""
+    if not _SIGNING_KEY:
+        from gateway.keys.signer import generate_key_file
+
+        path = Path(tempfile.mkdtemp(prefix="gateway-test-keys-")) / "signing.pem"
+        generate_key_file(path)
+        _SIGNING_KEY.append(path)
+    return _SIGNING_KEY[0]
+
+
 def gateway_config(
     *,
     db_url: str,
@@ -358,6 +373,9 @@ url = "{upstream_url}"
 {upstream_headers}
 read_timeout = 2.0
 {upstream_extra}
+
+[keys]
+signing_key_file = "{signing_key_file()}"
 
 [policy]
 poll_interval_seconds = 0.5

@@ -42,7 +42,15 @@ from gateway.db.migrate import upgrade
 from gateway.db.models import AccessEvent
 from gateway.db.session import make_engine
 from gateway.keys import GatewayKeys
-from tests.conftest import Gateway, _drop_postgres_db, _make_postgres_db, _postgres_server
+from gateway.keys.registry import register_key
+from gateway.keys.signer import Ed25519FileSigner
+from tests.conftest import (
+    Gateway,
+    _drop_postgres_db,
+    _make_postgres_db,
+    _postgres_server,
+    signing_key_file,
+)
 
 
 @dataclass
@@ -97,6 +105,8 @@ audience = "https://gateway.test"
 vendor = "acme"
 [upstream]
 url = "http://127.0.0.1:9"
+[keys]
+signing_key_file = "{key_file}"
 [audit]
 retention_days = {retention}
 [[routes]]
@@ -120,8 +130,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     upgrade(url)
     engine = make_engine(url)
     config_path = tmp_path / "gateway.toml"
-    config_path.write_text(CONFIG.format(url=url, retention=0))
-    store = Store(request.param, url, engine, GatewayKeys(engine, audience="test"), config_path)
+    config_path.write_text(CONFIG.format(url=url, retention=0, key_file=signing_key_file()))
+    signer = Ed25519FileSigner(signing_key_file())
+    register_key(engine, signer)
+    keys = GatewayKeys(engine, signer, audience="test")
+    store = Store(request.param, url, engine, keys, config_path)
     yield store
     for writer in store.writers:
         writer.close(seal=False)
@@ -564,7 +577,9 @@ def test_prune_refuses_a_log_that_does_not_verify(store: Store) -> None:
 def test_prune_uses_retention_days(store: Store) -> None:
     result = store.cli("audit", "prune")
     assert result.exit_code == 2 and "retention_days" in result.output
-    store.config_path.write_text(CONFIG.format(url=store.url, retention=30))
+    store.config_path.write_text(
+        CONFIG.format(url=store.url, retention=30, key_file=signing_key_file())
+    )
     writer = store.writer()
     writer.write([access_row("old", 1, time=datetime.now(UTC) - timedelta(days=31))])
     writer.write([access_row("new", 2)])
@@ -615,7 +630,21 @@ def test_postgres_runtime_role_cannot_delete_even_with_the_prune_guard(store: St
         connection.execute(text(INSERT), hashed_row("runtime-chain", 1, "0" * 64))
         with pytest.raises(Exception, match="permission denied"), connection.begin_nested():
             connection.execute(text("DELETE FROM access_log"))
+        # It reads public keys but may not add, change or remove one.
+        connection.execute(text("SELECT kid, public_jwk FROM signing_keys"))
+        for statement in (
+            "INSERT INTO signing_keys (kid, public_jwk, created_at, not_before, source)"
+            " VALUES ('forged', '{}', now(), now(), 'file')",
+            "UPDATE signing_keys SET not_after = NULL",
+            "DELETE FROM signing_keys",
+        ):
+            with pytest.raises(Exception, match="permission denied"), connection.begin_nested():
+                connection.execute(text(statement))
     assert store.rows("SELECT count(*) AS n FROM access_log")[0].n == 4
+    columns = store.rows(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'signing_keys'"
+    )
+    assert "private_jwk" not in {c.column_name for c in columns}
 
 
 # --- the shared e2e database, read-only ------------------------------------------------

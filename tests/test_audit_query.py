@@ -716,7 +716,7 @@ def test_verify_manifest_refuses_missing_and_garbage_signatures(
         )
     )
     stranger = gateway.cli("audit", "verify-manifest", str(path), check=False)
-    assert stranger.returncode == 1 and "not a key of this gateway" in stranger.stderr
+    assert stranger.returncode == 1 and "not among the database" in stranger.stderr
 
 
 # --- roles and the log of auditor reads ------------------------------------------------

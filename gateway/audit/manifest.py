@@ -18,6 +18,7 @@ key as identity assertions, `gateway.keys.GatewayKeys`, published at
       "sha256": "<hex SHA-256 of the exact manifest bytes>",
       "signature": "<base64url Ed25519 signature>",
       "signed": "sha256",
+      "jws": "<protected header>..<signature>",
       "generated_at": "...", "format": "csv", "records": 1234, "bytes": 98765,
       "query": {"vendor": "acme", "since": "...", "until": "..."}
     }
@@ -26,10 +27,18 @@ The signature covers the ASCII bytes of the `sha256` hex string (64 lowercase he
 characters) and nothing else; a verifier recomputes the file's SHA-256, compares it with
 `sha256`, and checks the signature over it. The other fields describe the manifest but
 are not signed.
+
+`jws` says the same in a form standard JOSE tools check: a compact JWS with a detached,
+unencoded payload (RFC 7797; header `{"alg": "EdDSA", "b64": false, "crit": ["b64"],
+"kid": ...}`) whose payload is that same 64-character hex digest. The digest, not the
+manifest bytes, is the payload because Ed25519 cannot sign a stream and a manifest can be
+gigabytes: `sha256sum` gives the payload, any JOSE library with the gateway's JWKS checks
+it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import re
@@ -45,7 +54,8 @@ from sqlalchemy import Engine
 from gateway.audit.exposure import MANIFEST_FIELDS, ExposureQuery, manifest_rows
 from gateway.audit.query import format_time
 from gateway.audit.spreadsheet import SafeCsvWriter
-from gateway.keys import GatewayKeys
+from gateway.keys import DETACHED_JWS_HEADER, GatewayKeys
+from gateway.keys.ring import KeyRing
 
 ALGORITHM = "Ed25519"
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl"}
@@ -113,13 +123,15 @@ def signature_document(
     query: ExposureQuery,
     generated_at: datetime | None = None,
 ) -> dict[str, Any]:
-    kid, signature = keys.sign_detached(result.sha256.encode("ascii"))
+    digest = result.sha256.encode("ascii")
+    kid, signature = keys.sign_detached(digest)
     return {
         "kid": kid,
         "alg": ALGORITHM,
         "sha256": result.sha256,
         "signature": signature,
         "signed": "sha256",
+        "jws": keys.sign_jws_detached(digest),
         "generated_at": format_time(generated_at or datetime.now(UTC)),
         "format": query.format or "csv",
         "records": result.records,
@@ -173,8 +185,9 @@ def check_signature_document(document: Any) -> None:
         raise ManifestInvalid("the signature document's sha256 is not 64 lowercase hex digits")
 
 
-def verify_manifest(keys: GatewayKeys, manifest: Path, document: dict[str, Any]) -> str:
-    """The SHA-256 of a manifest whose signature verifies; ManifestInvalid otherwise."""
+def verify_manifest(keys: KeyRing, manifest: Path, document: dict[str, Any]) -> str:
+    """The SHA-256 of a manifest whose signature (and JWS, when present) verifies against
+    `keys`; ManifestInvalid otherwise."""
     check_signature_document(document)
     actual = file_sha256(manifest)
     if actual != document["sha256"]:
@@ -182,9 +195,26 @@ def verify_manifest(keys: GatewayKeys, manifest: Path, document: dict[str, Any])
             f"the manifest's SHA-256 is {actual}, the signed one is {document['sha256']}: "
             "the file was changed"
         )
-    known = {key.get("kid") for key in keys.public_jwks(refresh=True)["keys"]}
-    if document["kid"] not in known:
-        raise ManifestInvalid(f"key {document['kid'][:64]!r} is not a key of this gateway")
-    if not keys.verify_detached(document["kid"], actual.encode("ascii"), document["signature"]):
+    if document["kid"] not in keys.kids:
+        raise ManifestInvalid(f"key {document['kid'][:64]!r} is not among {keys.origin}")
+    if not keys.check(document["kid"], actual.encode("ascii"), document["signature"]):
         raise ManifestInvalid(f"the signature does not verify with gateway key {document['kid']}")
+    if document.get("jws") is not None:
+        _verify_jws(keys, document["jws"], actual, document["kid"])
     return actual
+
+
+def _verify_jws(keys: KeyRing, jws: Any, digest: str, kid: str) -> None:
+    parts = jws.split(".") if isinstance(jws, str) else []
+    if len(parts) != 3 or parts[1]:
+        raise ManifestInvalid("the jws is not a compact JWS with a detached payload")
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise ManifestInvalid("the jws header is not base64url JSON") from None
+    expected = {**DETACHED_JWS_HEADER, "kid": kid}
+    if header != expected:
+        raise ManifestInvalid(f"the jws header is {header!r}, expected {expected!r}")
+    signing_input = parts[0].encode("ascii") + b"." + digest.encode("ascii")
+    if not keys.check(kid, signing_input, parts[2]):
+        raise ManifestInvalid(f"the jws does not verify with gateway key {kid}")

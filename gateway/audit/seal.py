@@ -34,8 +34,8 @@ KINDS = (SEAL, PRUNE)
 
 # (data) -> (kid, base64url signature): GatewayKeys.sign_detached
 Signer = Callable[[bytes], tuple[str, str]]
-# (kid, data, signature) -> valid?
-SignatureCheck = Callable[[str, bytes, str], bool]
+# (kid, data, signature, signed time) -> valid? (KeyRing.check)
+SignatureCheck = Callable[[str, bytes, str, datetime], bool]
 
 
 def checkpoint_payload(kind: str, chain_id: str, seq: int, head_hash: str, time_text: str) -> bytes:
@@ -74,7 +74,7 @@ class Checkpoint:
         )
 
     def verify(self, check: SignatureCheck) -> bool:
-        return self.kind in KINDS and check(self.kid, self.payload(), self.signature)
+        return self.kind in KINDS and check(self.kid, self.payload(), self.signature, self.time)
 
     def as_json(self) -> dict[str, Any]:
         """The export form (one JSON line each): everything needed to check it off-box."""

@@ -21,7 +21,6 @@ off the box (`gateway audit checkpoint export`) to catch that too.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -31,13 +30,13 @@ from heapq import merge
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, Result, and_, func, select
 
 from gateway.audit.chain import GENESIS, HASHED_FIELDS, canonical_time
 from gateway.audit.seal import CHECKPOINT_COLUMNS, PRUNE, SEAL, Checkpoint
-from gateway.db.models import AccessEvent, AuditCheckpoint, SigningKey
+from gateway.db.models import AccessEvent, AuditCheckpoint
+from gateway.keys.registry import registered_keys
+from gateway.keys.ring import KeyRing
 
 # id, the hashed fields in order, row_hash: positions below are fixed by this tuple.
 ROW_COLUMNS = (
@@ -54,40 +53,6 @@ INSERTED = "inserted"
 TRUNCATED = "truncated"
 REWRITTEN = "rewritten"
 BAD_CHECKPOINT = "bad_checkpoint"
-
-
-class KeyRing:
-    """Public Ed25519 keys by kid, to check checkpoint signatures without any network or DB
-    round trip per signature."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
-        for key in jwks.get("keys", []):
-            if key.get("kty") == "OKP" and key.get("crv") == "Ed25519" and key.get("kid"):
-                raw = base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4))
-                self._keys[key["kid"]] = Ed25519PublicKey.from_public_bytes(raw)
-
-    @classmethod
-    def from_database(cls, connection: Connection) -> KeyRing:
-        keys = []
-        for text in connection.execute(select(SigningKey.private_jwk)).scalars():
-            jwk = orjson.loads(text)
-            keys.append({name: jwk[name] for name in ("kty", "crv", "x", "kid") if name in jwk})
-        return cls({"keys": keys})
-
-    @property
-    def kids(self) -> list[str]:
-        return sorted(self._keys)
-
-    def check(self, kid: str, data: bytes, signature: str) -> bool:
-        key = self._keys.get(kid)
-        if key is None:
-            return False
-        try:
-            key.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)), data)
-        except (InvalidSignature, ValueError):
-            return False
-        return True
 
 
 @dataclass
@@ -120,6 +85,9 @@ class VerifyReport:
     pruned_chains: int = 0
     problem_count: int = 0
     problems: list[Problem] = field(default_factory=list)  # the first one of each chain
+    # Where the public keys came from: pinned by the auditor, or the database's own.
+    keys_pinned: bool = False
+    keys_origin: str = ""
 
     @property
     def ok(self) -> bool:
@@ -556,8 +524,9 @@ def verify_log(
     keys: KeyRing | None = None,
 ) -> VerifyReport:
     if keys is None:
-        with engine.connect() as connection:
-            keys = KeyRing.from_database(connection)
-    return Verifier(
+        keys = KeyRing.from_registered(registered_keys(engine))
+    report = Verifier(
         engine, keys, since=since, chains=chains, anchors=anchors, progress=progress
     ).run()
+    report.keys_pinned, report.keys_origin = keys.pinned, keys.origin
+    return report

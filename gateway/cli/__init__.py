@@ -116,6 +116,7 @@ def serve(
     config_file = config_path or os.environ.get("GATEWAY_CONFIG")
     config = _load(config_file)
     server = config.server
+    _check_signing_key(config)
     if config.database_url.startswith("sqlite"):
         click.echo(
             f"warning: the access log is the SQLite file of {config.database_url}: keep it on"
@@ -157,6 +158,28 @@ def serve(
         argv += ["--max-requests-jitter", str(server.max_requests_jitter)]
     argv.append("gateway.wsgi:app")
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with gunicorn
+
+
+def _check_signing_key(config: Config) -> None:
+    """Before any worker starts: the key loads, and is registered and valid (registered
+    here, once, where `register_at_start` and the database role allow)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.db.session import make_engine
+    from gateway.keys import KeysError, gateway_keys
+
+    engine = make_engine(config.database_url, pool_size=1)
+    try:
+        gateway_keys(config, engine, signing=True)
+    except KeysError as error:
+        raise click.ClickException(str(error)) from None
+    except SQLAlchemyError as error:
+        raise click.ClickException(
+            f"cannot check the signing key in the database ({type(error).__name__});"
+            " is it at the newest schema (`gateway db upgrade`)?"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _demo_installed() -> bool:
@@ -207,3 +230,7 @@ main.add_command(anomalies_group)
 from gateway.cli.catalogue import catalogue_group  # noqa: E402
 
 main.add_command(catalogue_group)
+
+from gateway.cli.keys import keys_group  # noqa: E402
+
+main.add_command(keys_group)

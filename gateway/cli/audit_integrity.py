@@ -217,6 +217,14 @@ def _print_report(report: VerifyReport) -> None:
         f"{report.unsealed_chains} chains ({report.never_sealed_chains} never sealed); "
         f"chains continuing after a prune: {report.pruned_chains}"
     )
+    if report.keys_pinned:
+        click.echo(f"signatures checked with {report.keys_origin}")
+    else:
+        click.echo(
+            "signing keys NOT pinned: signatures checked with the database's registered keys,"
+            " which whoever can write the database can add to; pin them with --jwks FILE"
+            " (`gateway keys export-jwks`, kept off this database)"
+        )
     if report.ok:
         click.echo("OK: no modification, deletion, insertion, reordering or truncation found")
         return
@@ -242,30 +250,55 @@ def _print_report(report: VerifyReport) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="also hold the log against checkpoints exported earlier (JSON lines)",
 )
+@click.option(
+    "--jwks",
+    "jwks_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="trust only these public keys (a JWKS exported earlier), not the database's",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @friendly_errors()
 def verify_command(
-    config_path: str | None, since: datetime | None, anchor_path: str | None, as_json: bool
+    config_path: str | None,
+    since: datetime | None,
+    anchor_path: str | None,
+    jwks_path: str | None,
+    as_json: bool,
 ) -> None:
     """Recompute every hash chain and check the signed checkpoints; exit 1 on tampering."""
     from gateway.audit.verify import verify_log
 
     anchors = _load_anchors(anchor_path) if anchor_path else []
+    keys = _pinned_keys(jwks_path)
     with _engine(config_path) as (_config, engine):
         if sys.stderr.isatty() and not as_json:
             from gateway.audit.export import ExportFilter, count_rows
 
             total = count_rows(engine, ExportFilter(since=since))
             with _progress(total, "verifying") as bar:
-                report = verify_log(engine, since=since, anchors=anchors, progress=bar.update)
+                report = verify_log(
+                    engine, since=since, anchors=anchors, progress=bar.update, keys=keys
+                )
         else:
-            report = verify_log(engine, since=since, anchors=anchors)
+            report = verify_log(engine, since=since, anchors=anchors, keys=keys)
     if as_json:
         click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         _print_report(report)
     if not report.ok:
         raise SystemExit(1)
+
+
+def _pinned_keys(jwks_path: str | None) -> Any:
+    """The auditor's pinned keys (--jwks), or None for the database's registered keys."""
+    from gateway.keys.ring import KeyRing, KeyRingError
+
+    if jwks_path is None:
+        return None
+    try:
+        return KeyRing.from_file(jwks_path)
+    except KeyRingError as error:
+        raise click.ClickException(str(error)) from None
 
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -342,7 +375,7 @@ def prune_command(
         pruned_range_checkpoints,
     )
     from gateway.audit.verify import verify_log
-    from gateway.keys import GatewayKeys
+    from gateway.keys import gateway_keys
 
     with _engine(config_path) as (config, engine):
         if before is None:
@@ -368,7 +401,7 @@ def prune_command(
             raise click.ClickException(
                 "the chains to prune do not verify; refusing to delete the evidence"
             )
-        keys = GatewayKeys(engine, audience=config.upstream.url)
+        keys = gateway_keys(config, engine, signing=True)
         checkpoints = prune_checkpoints(engine, plans, keys.sign_detached)
         path = checkpoint_output or f"audit-prune-{_stamp()}.checkpoints.jsonl"
         with _output(path) as out:

@@ -313,9 +313,9 @@ def exposure_command(
 
 def _write_signed_manifest(config: Any, db: Any, wanted: Any, path: Path) -> dict[str, Any]:
     from gateway.audit import manifest
-    from gateway.keys import GatewayKeys
+    from gateway.keys import gateway_keys
 
-    keys = GatewayKeys(db, audience=config.upstream.url)
+    keys = gateway_keys(config, db, signing=True)
     partial = path.with_name(path.name + ".part")
     try:
         with open(partial, "wb") as handle:
@@ -341,13 +341,20 @@ def _write_signed_manifest(config: Any, db: Any, wanted: Any, path: Path) -> dic
     type=click.Path(dir_okay=False),
     help="the signature document (default: FILE.sig)",
 )
+@click.option(
+    "--jwks",
+    "jwks_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="trust only these public keys (a JWKS exported earlier), not the database's",
+)
 @_errors
 def verify_manifest_command(
-    config_path: str | None, manifest_path: str, signature_path: str | None
+    config_path: str | None, manifest_path: str, signature_path: str | None, jwks_path: str | None
 ) -> None:
     """Check a manifest against its detached signature and the gateway's keys."""
     from gateway.audit import manifest
     from gateway.keys import GatewayKeys
+    from gateway.keys.ring import KeyRing, KeyRingError
 
     path = Path(manifest_path)
     signature = Path(signature_path) if signature_path else path.with_name(path.name + ".sig")
@@ -355,11 +362,24 @@ def verify_manifest_command(
         if not item.is_file():
             raise click.ClickException(f"no such file: {item}")
     document = manifest.load_signature(signature)
-    with _engine(config_path) as (config, db):
-        keys = GatewayKeys(db, audience=config.upstream.url)
-        digest = manifest.verify_manifest(keys, path, document)
+    if jwks_path is not None:
+        try:
+            ring = KeyRing.from_file(jwks_path)
+        except KeyRingError as error:
+            raise click.ClickException(str(error)) from None
+        digest = manifest.verify_manifest(ring, path, document)
+    else:
+        with _engine(config_path) as (config, db):
+            ring = GatewayKeys(db, audience=config.upstream.url).key_ring()
+            digest = manifest.verify_manifest(ring, path, document)
     query = orjson.dumps(document.get("query")).decode() if document.get("query") else "-"
     click.echo(
         f"valid: {path} (sha256 {digest}) is signed by gateway key {document['kid']}; "
         f"query {query}, generated {document.get('generated_at', '-')}"
     )
+    if not ring.pinned:
+        click.echo(
+            "signing keys NOT pinned: checked with the database's registered keys; pin them"
+            " with --jwks FILE (`gateway keys export-jwks`, kept off this database)",
+            err=True,
+        )

@@ -66,13 +66,19 @@ class AdminEvent(Base):
 
 
 class SigningKey(Base):
-    """The gateway's own key for identity assertions, shared by every worker and instance."""
+    """A public key of the gateway (its private half lives in a file or a KMS, never
+    here): what assertions, checkpoints and manifests are checked against, valid from
+    `not_before` until `not_after` (open while it is the current key)."""
 
     __tablename__ = "signing_keys"
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    private_jwk: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "file", "signer" (a plugged-in signer) or "database" (retired by migration 0008)
+    source: Mapped[str] = mapped_column(String(16))
 
 
 class AccessEvent(Base):

@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway.demo.errors import DemoError
 from gateway.demo.paths import BASE_CONFIG, display, venv_bin
 from gateway.demo.processes import HOST, Demo, DirectoryLock, Ports, port_taken
+from gateway.keys.signer import generate_key_file
 
 DEFAULT_IDP_PORT = 9400
 DEFAULT_UPSTREAM_PORT = 9000
@@ -79,7 +80,14 @@ def write_demo_config(ports: Ports, db_path: Path, path: Path) -> None:
     trusted here; config/gateway.toml itself leaves `roles_trusted` off.
     """
     text = BASE_CONFIG.read_text(encoding="utf-8")
+    key_file = path.parent / "gateway-signing.pem"
+    if not key_file.exists():
+        generate_key_file(key_file)
     replacements = [
+        (
+            'signing_key_file = "var/gateway-signing.pem"',
+            f"signing_key_file = {_toml_string(str(key_file))}",
+        ),
         (f'"http://{HOST}:{DEFAULT_IDP_PORT}"', f'"{ports.idp_url}"'),
         (f'"http://{HOST}:{DEFAULT_UPSTREAM_PORT}"', f'"{ports.upstream_url}"'),
         ('url = "sqlite:///var/gateway.db"', f"url = {_toml_string(f'sqlite:///{db_path}')}"),
@@ -95,7 +103,8 @@ def write_demo_config(ports: Ports, db_path: Path, path: Path) -> None:
         text = text.replace(old, new)
     header = (
         "# Written by `python -m gateway.demo.runner` from config/gateway.toml for the running\n"
-        "# demo (its ports, its database, roles_trusted for its IdP); rewritten on every start.\n"
+        "# demo (its ports, its database, its signing key, roles_trusted for its IdP);\n"
+        "# rewritten on every start.\n"
     )
     path.write_text(header + text, encoding="utf-8")
 
