@@ -10,23 +10,51 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from gateway.anomaly.config import (
-    AnomalyConfig,
-    AnomalyConfigError,
-    parse_anomaly_table,
-    resolve_anomaly_paths,
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from gateway.anomaly.config import AnomalyConfig, resolve_anomaly_paths
+from gateway.catalogue.config import CatalogueConfig
+from gateway.configbase import (
+    NOT_EMPTY_SCHEMA,
+    ConfigError,
+    HttpURL,
+    Name,
+    NonNegativeFloat,
+    NonNegativeInt,
+    NotEmpty,
+    PositiveFloat,
+    PositiveInt,
+    Problem,
+    ReadableFile,
+    Section,
+    Share,
+    Text,
+    read_secret_file,
+    validated,
 )
-from gateway.catalogue.config import CatalogueConfig, parse_catalogue_table
-from gateway.configbase import NAME as _NAME
-from gateway.configbase import ConfigError, existing_file, read_secret_file
-from gateway.configbase import config_bool as _bool
-from gateway.configbase import config_str as _str
-from gateway.keys.config import KeysConfig, parse_keys_table
-from gateway.route_config import RouteConfig, parse_route
+from gateway.keys.config import KeysConfig
+from gateway.route_config import RouteConfig
+
+__all__ = [
+    "AuditConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "GatewaySettings",
+    "IssuerConfig",
+    "LockoutConfig",
+    "PolicyConfig",
+    "ProjectConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "config_schema",
+    "load_config",
+    "parse_config",
+]
 
 # The Casbin model ships inside the package, so an installed wheel finds it.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "policy" / "model.conf"
@@ -49,34 +77,81 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class IssuerConfig:
-    name: str
-    issuer: str
-    audience: str
-    vendor: str | None = None
-    vendor_claim: str | None = None
-    roles_claim: str = "roles"
+def _algorithms(algorithms: tuple[str, ...]) -> tuple[str, ...]:
+    if not algorithms:
+        raise ValueError("must be a non-empty list")
+    for alg in algorithms:
+        if alg not in ALLOWED_ALGORITHMS:
+            raise ValueError(
+                f"{alg!r} is not allowed (asymmetric only: {sorted(ALLOWED_ALGORITHMS)})"
+            )
+    return algorithms
+
+
+def _bind(bind: str) -> str:
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8080")
+    return bind
+
+
+class IssuerConfig(Section):
+    name: Name
+    issuer: HttpURL
+    audience: Text
+    vendor: Name | None = None
+    vendor_claim: Text | None = None
+    roles_claim: Text = "roles"
     # Admin/auditor roles are honoured only from issuers the lab trusts for them.
     roles_trusted: bool = False
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA", "Ed25519")
-    discovery_url: str | None = None
-    leeway_seconds: int = 30
-    jwks_min_refresh_seconds: float = 30.0
+    algorithms: Annotated[tuple[str, ...], Field(strict=False), AfterValidator(_algorithms)] = (
+        "RS256",
+        "ES256",
+        "EdDSA",
+        "Ed25519",
+    )
+    discovery_url: HttpURL | None = None
+    leeway_seconds: NonNegativeInt = 30
+    jwks_min_refresh_seconds: NonNegativeFloat = 30.0
     # Discovery and JWKS are refetched this often (shorter if the IdP's Cache-Control
     # says so), so a key the IdP withdraws stops validating within it.
-    jwks_ttl_seconds: float = 600.0
+    jwks_ttl_seconds: NonNegativeFloat = 600.0
     # How long past their time the last keys serve while the IdP cannot be reached.
-    jwks_stale_seconds: float = 300.0
+    jwks_stale_seconds: NonNegativeFloat = 300.0
     # Opaque (non-JWT) access tokens: "auto" uses RFC 7662 introspection when the
     # issuer advertises it and we hold client credentials, else userinfo. Off by default:
     # an opaque token names no issuer, so only one issuer may be asked about them.
-    opaque_tokens: str = "reject"
-    client_id: str | None = None
-    client_secret: str | None = None
-    opaque_cache_seconds: float = 60.0
+    opaque_tokens: Literal["auto", "introspection", "userinfo", "reject"] = "reject"
+    client_id: Text | None = None
+    client_secret: Text | None = Field(default=None, repr=False)
+    # The client secret kept in a file (a mounted secret) instead of in this file.
+    client_secret_file: ReadableFile | None = Field(default=None, exclude=True)
+    opaque_cache_seconds: NonNegativeFloat = 60.0
     # CA bundle for the IdP's TLS certificate (default: the system's).
-    ca_file: str | None = None
+    ca_file: ReadableFile | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("client_secret_file") is not None:
+            if data.get("client_secret") is not None:
+                raise Problem("client_secret_file", "set client_secret or its file")
+            secret = read_secret_file(data["client_secret_file"], "client_secret_file")
+            data = {**data, "client_secret": secret}
+        return data
+
+    @field_validator("issuer")
+    @classmethod
+    def _without_final_slash(cls, issuer: str) -> str:
+        return issuer.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IssuerConfig:
+        if (self.vendor is None) == (self.vendor_claim is None):
+            raise Problem("vendor", "set exactly one of 'vendor' or 'vendor_claim'")
+        if self.opaque_tokens == "introspection" and not (self.client_id and self.client_secret):
+            raise Problem("client_id", "introspection needs client_id and client_secret")
+        return self
 
     @property
     def discovery(self) -> str:
@@ -85,102 +160,185 @@ class IssuerConfig:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
-@dataclass(frozen=True)
-class UpstreamConfig:
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    connect_timeout: float = 3.0
-    read_timeout: float = 30.0
-    pool_size: int = 32
-    max_record_body_bytes: int = 32 * 1024 * 1024
+class UpstreamConfig(Section):
+    url: HttpURL
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    # Header values kept in files (mounted secrets), by header name.
+    header_files: dict[str, ReadableFile] = Field(default_factory=dict, exclude=True)
+    connect_timeout: PositiveFloat = 3.0
+    read_timeout: PositiveFloat = 30.0
+    pool_size: PositiveInt = 32
+    max_record_body_bytes: PositiveInt = 32 * 1024 * 1024
     # Upper bound on JSON values in a record body, counted before parsing: parsed, each
     # small value costs ~50-100 bytes of memory, so this bounds a worker's memory.
-    max_json_values: int = 1_000_000
+    max_json_values: PositiveInt = 1_000_000
     # TLS to an https upstream: the CA bundle that signs its certificate (default: the
     # system's), and the gateway's client certificate and key for mutual TLS.
-    ca_file: str | None = None
-    client_cert_file: str | None = None
-    client_key_file: str | None = None
+    ca_file: ReadableFile | None = None
+    client_cert_file: ReadableFile | None = None
+    client_key_file: ReadableFile | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _headers_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("header_files"), dict):
+            return data
+        headers = data.get("headers", {})
+        if not isinstance(headers, dict):
+            return data  # the field's own check names it
+        headers = dict(headers)
+        for name, path in data["header_files"].items():
+            if name in headers:
+                raise Problem(f"header_files.{name}", "also set in upstream.headers")
+            headers[name] = read_secret_file(path, f"header_files.{name}")
+        return {**data, "headers": headers}
+
+    @model_validator(mode="after")
+    def _tls_fits(self) -> UpstreamConfig:
+        files = [
+            name
+            for name in ("ca_file", "client_cert_file", "client_key_file")
+            if getattr(self, name) is not None
+        ]
+        if files and not self.url.startswith("https://"):
+            raise Problem(files[0], "only applies to an https upstream")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise Problem("client_cert_file", "set with upstream.client_key_file")
+        return self
 
 
-@dataclass(frozen=True)
-class AuditConfig:
-    batch_max_rows: int = 5000
-    commit_timeout_seconds: float = 10.0
+class DatabaseConfig(Section):
+    url: Text | None = Field(default=None, repr=False)
+    # The URL (it holds the password) kept in a file: a mounted secret.
+    url_file: ReadableFile | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url_file") is not None:
+            if "url" in data:
+                raise Problem("url_file", "set url or url_file, not both")
+            data = {**data, "url": read_secret_file(data["url_file"], "url_file")}
+        return data
+
+    @model_validator(mode="after")
+    def _has_url(self) -> DatabaseConfig:
+        if self.url is None:
+            raise Problem("url", "missing")
+        return self
+
+
+class AuditConfig(Section):
+    batch_max_rows: PositiveInt = 5000
+    commit_timeout_seconds: PositiveFloat = 10.0
     # Each audit writer signs a checkpoint of its chain head this often, also when idle.
-    checkpoint_interval_seconds: float = 10.0
+    checkpoint_interval_seconds: PositiveFloat = 10.0
     # `gateway audit prune` without --before removes rows older than this; 0 keeps all.
-    retention_days: int = 0
+    retention_days: NonNegativeInt = 0
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    model: str = str(DEFAULT_MODEL_PATH)
-    poll_interval_seconds: float = 1.0
-    decision_cache_size: int = 200_000
-    actions: tuple[str, ...] = ("read", "annotate", "review", "export")
+class PolicyConfig(Section):
+    # The Casbin model: the one in the package unless an operator brings their own.
+    model: ReadableFile = Field(default_factory=lambda: str(DEFAULT_MODEL_PATH))
+    poll_interval_seconds: PositiveFloat = 1.0
+    decision_cache_size: PositiveInt = 200_000
+    actions: Annotated[tuple[Name, ...], Field(strict=False), NotEmpty, NOT_EMPTY_SCHEMA] = (
+        "read",
+        "annotate",
+        "review",
+        "export",
+    )
     # An apply or import removing more than this share of the rules must be confirmed.
-    max_removal_share: float = 0.2
+    max_removal_share: Share = 0.2
 
 
-@dataclass(frozen=True)
-class LockoutConfig:
-    poll_interval_seconds: float = 0.25
+class LockoutConfig(Section):
+    poll_interval_seconds: PositiveFloat = 0.25
     # Past this long without a confirmed lock state, contractor traffic is refused.
-    stale_after_seconds: float = 5.0
-    exposure_days: int = 30
+    stale_after_seconds: PositiveFloat = 5.0
+    exposure_days: PositiveInt = 30
+
+    @model_validator(mode="after")
+    def _stale_after_polls(self) -> LockoutConfig:
+        if self.stale_after_seconds <= self.poll_interval_seconds:
+            raise Problem("stale_after_seconds", "must be longer than poll_interval_seconds")
+        return self
 
 
-@dataclass(frozen=True)
-class ProjectConfig:
+class ProjectConfig(Section):
     """A project admins may grant on; `restricted` ones refuse vendor-wide grants."""
 
-    name: str
+    name: Text
     restricted: bool = False
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    assertion_ttl_seconds: int = 60
+class GatewaySettings(Section):
+    assertion_ttl_seconds: PositiveInt = 60
     # Number of reverse proxies in front of us whose X-Forwarded-For we believe.
-    trusted_proxy_hops: int = 0
-    token_cache_size: int = 100_000
+    trusted_proxy_hops: NonNegativeInt = 0
+    token_cache_size: PositiveInt = 100_000
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(Section):
     """`gateway serve`'s gunicorn settings (its flags override them)."""
 
-    bind: str = "127.0.0.1:8080"
-    workers: int = 2
-    threads: int = 16
+    bind: Annotated[str, AfterValidator(_bind)] = "127.0.0.1:8080"
+    workers: PositiveInt = 2
+    threads: PositiveInt = 16
     # Seconds an idle client connection is kept: above a pooling proxy's idle timeout.
-    keep_alive: int = 5
+    keep_alive: PositiveInt = 5
     # Seconds workers get to finish requests on stop; keep it below the container
     # runtime's stop grace (Docker: 10 s unless --stop-timeout says otherwise).
-    graceful_timeout: int = 8
+    graceful_timeout: PositiveInt = 8
     # Recycle a worker after this many requests (0 = never), +/- up to the jitter.
-    max_requests: int = 0
-    max_requests_jitter: int = 0
+    max_requests: NonNegativeInt = 0
+    max_requests_jitter: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _jitter_needs_recycling(self) -> ServerConfig:
+        if self.max_requests_jitter and not self.max_requests:
+            raise Problem("max_requests_jitter", "needs server.max_requests")
+        return self
 
 
-@dataclass(frozen=True)
-class Config:
-    database_url: str
-    issuers: tuple[IssuerConfig, ...]
+class Config(Section):
+    database: DatabaseConfig
+    issuers: Annotated[tuple[IssuerConfig, ...], Field(strict=False), NotEmpty, NOT_EMPTY_SCHEMA]
     upstream: UpstreamConfig
-    routes: tuple[RouteConfig, ...]
+    routes: Annotated[tuple[RouteConfig, ...], Field(strict=False)] = ()
     audit: AuditConfig = AuditConfig()
-    policy: PolicyConfig = PolicyConfig()
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     gateway: GatewaySettings = GatewaySettings()
-    projects: tuple[ProjectConfig, ...] = ()
+    projects: Annotated[tuple[ProjectConfig, ...], Field(strict=False)] = ()
     lockout: LockoutConfig = LockoutConfig()
     # Detector thresholds for `gateway anomalies` (validated here, so a bad table stops
     # the gateway and every command at start-up, not the first scan).
-    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
-    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
+    anomaly: AnomalyConfig = AnomalyConfig()
+    catalogue: CatalogueConfig = CatalogueConfig()
     server: ServerConfig = ServerConfig()
-    keys: KeysConfig = field(default_factory=KeysConfig)
+    keys: KeysConfig = KeysConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names = [issuer.name for issuer in self.issuers]
+        if len(set(names)) != len(names):
+            raise Problem("issuers", "issuer names must be unique")
+        if len({issuer.issuer for issuer in self.issuers}) != len(self.issuers):
+            raise Problem("issuers", "each issuer URL may be configured once")
+        opaque = [issuer.name for issuer in self.issuers if issuer.opaque_tokens != "reject"]
+        if len(opaque) > 1:
+            # Sending one IdP's opaque token to another would hand it a replayable credential.
+            raise Problem(
+                "issuers.opaque_tokens", f"only one issuer may accept opaque tokens, not {opaque}"
+            )
+        if len({p.name for p in self.projects}) != len(self.projects):
+            raise Problem("projects", "project names must be unique")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        assert self.database.url is not None  # the model refuses a database without one
+        return self.database.url
 
 
 def expand_env(value: Any, key: str, environ: Mapping[str, str] | None = None) -> Any:
@@ -243,266 +401,20 @@ def load_config(
 
 
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    known = {
-        "database",
-        "issuers",
-        "upstream",
-        "routes",
-        "audit",
-        "policy",
-        "gateway",
-        "projects",
-        "lockout",
-        "anomaly",
-        "catalogue",
-        "server",
-        "keys",
-    }
-    for key in raw:
-        if key not in known:
-            raise ConfigError(key, f"unknown section (expected one of {sorted(known)})")
-    database = _table(raw, "database")
-    for key in database:
-        if key not in ("url", "url_file"):
-            raise ConfigError(f"database.{key}", "unknown key")
-    if "url_file" in database:
-        if "url" in database:
-            raise ConfigError("database.url_file", "set url or url_file, not both")
-        database_url = read_secret_file(database["url_file"], "database.url_file")
-    else:
-        database_url = _str(
-            expand_env(database.get("url"), "database.url", environ), "database.url"
-        )
-    issuers = tuple(
-        _issuer(expand_env(item, f"issuers[{i}]", environ), f"issuers[{i}]")
-        for i, item in enumerate(_list(raw, "issuers"))
-    )
-    if not issuers:
-        raise ConfigError("issuers", "at least one trusted issuer is required")
-    names = [issuer.name for issuer in issuers]
-    if len(set(names)) != len(names):
-        raise ConfigError("issuers", "issuer names must be unique")
-    if len({issuer.issuer for issuer in issuers}) != len(issuers):
-        raise ConfigError("issuers", "each issuer URL may be configured once")
-    opaque = [issuer.name for issuer in issuers if issuer.opaque_tokens != "reject"]
-    if len(opaque) > 1:
-        # Sending one IdP's opaque token to another would hand it a replayable credential.
-        raise ConfigError(
-            "issuers.opaque_tokens", f"only one issuer may accept opaque tokens, not {opaque}"
-        )
-    upstream = _upstream(expand_env(_table(raw, "upstream"), "upstream", environ))
-    routes = tuple(parse_route(item, f"routes[{i}]") for i, item in enumerate(_list(raw, "routes")))
-    audit_raw = raw.get("audit", {})
-    policy_raw = raw.get("policy", {})
-    gateway_raw = raw.get("gateway", {})
-    return Config(
-        database_url=database_url,
-        issuers=issuers,
-        upstream=upstream,
-        routes=routes,
-        audit=_build(AuditConfig, audit_raw, "audit"),
-        policy=_policy(policy_raw),
-        gateway=_build(GatewaySettings, gateway_raw, "gateway"),
-        projects=_projects(raw),
-        lockout=_build(LockoutConfig, raw.get("lockout", {}), "lockout"),
-        anomaly=_anomaly(raw.get("anomaly")),
-        catalogue=parse_catalogue_table(raw.get("catalogue")),
-        server=_server(raw.get("server", {})),
-        keys=parse_keys_table(raw.get("keys")),
-    )
-
-
-def _server(raw: Any) -> ServerConfig:
-    server = _build(ServerConfig, raw, "server")
-    host, _, port = server.bind.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("server.bind", "must be HOST:PORT, e.g. 0.0.0.0:8080")
-    if server.max_requests_jitter and not server.max_requests:
-        raise ConfigError("server.max_requests_jitter", "needs server.max_requests")
-    return server
-
-
-def _anomaly(raw: Any) -> AnomalyConfig:
-    try:
-        return parse_anomaly_table(raw)
-    except AnomalyConfigError as error:
-        raise ConfigError(
-            f"anomaly.{error.key}" if error.key else "anomaly", error.problem
-        ) from None
-
-
-def _policy(raw: Any) -> PolicyConfig:
+    """A config file's tables → Config, or a ConfigError naming the key at fault."""
     if not isinstance(raw, dict):
-        raise ConfigError("policy", "must be a table")
-    actions = raw.get("actions", list(PolicyConfig.actions))
-    if (
-        not isinstance(actions, list)
-        or not actions
-        or not all(isinstance(a, str) and _NAME.match(a) for a in actions)
-    ):
-        raise ConfigError("policy.actions", "must be a non-empty list of action names")
-    base = _build(PolicyConfig, {k: v for k, v in raw.items() if k != "actions"}, "policy")
-    if base.max_removal_share > 1:
-        raise ConfigError("policy.max_removal_share", "is a share: at most 1")
-    return PolicyConfig(**{**base.__dict__, "actions": tuple(actions)})
+        raise ConfigError("config", "must be a table")
+    raw = dict(raw)
+    # `${ENV}` references are expanded where secrets and addresses live.
+    for section in ("database", "issuers", "upstream"):
+        if section in raw:
+            raw[section] = expand_env(raw[section], section, environ)
+    return validated(Config, raw)
 
 
-def _projects(raw: dict[str, Any]) -> tuple[ProjectConfig, ...]:
-    projects = []
-    for i, item in enumerate(_list(raw, "projects")):
-        key = f"projects[{i}]"
-        for name in item:
-            if name not in ("name", "restricted"):
-                raise ConfigError(f"{key}.{name}", "unknown key")
-        name = _str(item.get("name"), f"{key}.name")
-        restricted = item.get("restricted", False)
-        if not isinstance(restricted, bool):
-            raise ConfigError(f"{key}.restricted", "must be true or false")
-        projects.append(ProjectConfig(name=name, restricted=restricted))
-    if len({p.name for p in projects}) != len(projects):
-        raise ConfigError("projects", "project names must be unique")
-    return tuple(projects)
-
-
-def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
-    value = raw.get(key)
-    if not isinstance(value, dict):
-        raise ConfigError(key, "missing table" if value is None else "must be a table")
-    return value
-
-
-def _list(raw: dict[str, Any], key: str) -> list[Any]:
-    value = raw.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ConfigError(key, "must be an array of tables ([[" + key + "]])")
-    return value
-
-
-def _build(cls: type, raw: Any, key: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(key, "must be a table")
-    fields = cls.__dataclass_fields__
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in fields:
-            raise ConfigError(f"{key}.{name}", "unknown key")
-        default = fields[name].default
-        if isinstance(default, bool) or not isinstance(default, int | float | str):
-            values[name] = value
-            continue
-        expected = (int, float) if isinstance(default, float) else type(default)
-        if isinstance(value, bool) or not isinstance(value, expected):
-            raise ConfigError(f"{key}.{name}", f"must be a {type(default).__name__}")
-        # A key whose default is 0 may be 0 (e.g. no trusted proxies); others must be > 0.
-        if isinstance(value, int | float) and (value < 0 or (value == 0 and default != 0)):
-            raise ConfigError(f"{key}.{name}", "must be positive")
-        values[name] = value
-    return cls(**values)
-
-
-def _issuer(raw: dict[str, Any], key: str) -> IssuerConfig:
-    allowed = set(IssuerConfig.__dataclass_fields__) | {"client_secret_file"}
-    for name in raw:
-        if name not in allowed:
-            raise ConfigError(f"{key}.{name}", "unknown key")
-    if "client_secret_file" in raw:
-        if "client_secret" in raw:
-            raise ConfigError(f"{key}.client_secret_file", "set client_secret or its file")
-        secret = read_secret_file(raw["client_secret_file"], f"{key}.client_secret_file")
-        raw = {k: v for k, v in raw.items() if k != "client_secret_file"}
-        raw["client_secret"] = secret
-    name = _str(raw.get("name"), f"{key}.name")
-    if not _NAME.match(name):
-        raise ConfigError(f"{key}.name", "use lower-case letters, digits, '.', '_' or '-'")
-    issuer = _str(raw.get("issuer"), f"{key}.issuer")
-    if not issuer.startswith(("https://", "http://")):
-        raise ConfigError(f"{key}.issuer", "must be an http(s) URL")
-    _str(raw.get("audience"), f"{key}.audience")
-    vendor = _str(raw.get("vendor"), f"{key}.vendor", optional=True)
-    vendor_claim = _str(raw.get("vendor_claim"), f"{key}.vendor_claim", optional=True)
-    if (vendor is None) == (vendor_claim is None):
-        raise ConfigError(f"{key}.vendor", "set exactly one of 'vendor' or 'vendor_claim'")
-    if vendor is not None and not _NAME.match(vendor):
-        raise ConfigError(f"{key}.vendor", "use lower-case letters, digits, '.', '_' or '-'")
-    algorithms = raw.get("algorithms", list(IssuerConfig.algorithms))
-    if not isinstance(algorithms, list) or not algorithms:
-        raise ConfigError(f"{key}.algorithms", "must be a non-empty list")
-    for alg in algorithms:
-        if alg not in ALLOWED_ALGORITHMS:
-            raise ConfigError(
-                f"{key}.algorithms",
-                f"{alg!r} is not allowed (asymmetric only: {sorted(ALLOWED_ALGORITHMS)})",
-            )
-    opaque = raw.get("opaque_tokens", "reject")
-    if opaque not in ("auto", "introspection", "userinfo", "reject"):
-        raise ConfigError(f"{key}.opaque_tokens", "must be auto, introspection, userinfo or reject")
-    if opaque == "introspection" and not (raw.get("client_id") and raw.get("client_secret")):
-        raise ConfigError(f"{key}.client_id", "introspection needs client_id and client_secret")
-    for numeric in (
-        "leeway_seconds",
-        "jwks_min_refresh_seconds",
-        "jwks_ttl_seconds",
-        "jwks_stale_seconds",
-        "opaque_cache_seconds",
-    ):
-        if numeric in raw and (
-            isinstance(raw[numeric], bool)
-            or not isinstance(raw[numeric], int | float)
-            or raw[numeric] < 0
-        ):
-            raise ConfigError(f"{key}.{numeric}", "must be a non-negative number")
-    return IssuerConfig(
-        name=name,
-        issuer=issuer.rstrip("/"),
-        audience=raw["audience"],
-        vendor=vendor,
-        vendor_claim=vendor_claim,
-        roles_claim=raw.get("roles_claim", "roles"),
-        roles_trusted=_bool(raw.get("roles_trusted", False), f"{key}.roles_trusted"),
-        algorithms=tuple(algorithms),
-        discovery_url=raw.get("discovery_url"),
-        leeway_seconds=int(raw.get("leeway_seconds", 30)),
-        jwks_min_refresh_seconds=float(raw.get("jwks_min_refresh_seconds", 30.0)),
-        jwks_ttl_seconds=float(raw.get("jwks_ttl_seconds", 600.0)),
-        jwks_stale_seconds=float(raw.get("jwks_stale_seconds", 300.0)),
-        opaque_tokens=opaque,
-        client_id=raw.get("client_id"),
-        client_secret=raw.get("client_secret"),
-        opaque_cache_seconds=float(raw.get("opaque_cache_seconds", 60.0)),
-        ca_file=(
-            existing_file(raw["ca_file"], f"{key}.ca_file")
-            if raw.get("ca_file") is not None
-            else None
-        ),
-    )
-
-
-def _upstream(raw: dict[str, Any]) -> UpstreamConfig:
-    url = _str(raw.get("url"), "upstream.url")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError("upstream.url", "must be an http(s) URL")
-    headers = raw.get("headers", {})
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise ConfigError("upstream.headers", "must be a table of string values")
-    header_files = raw.get("header_files", {})
-    if not isinstance(header_files, dict):
-        raise ConfigError("upstream.header_files", "must be a table of file paths")
-    headers = dict(headers)
-    for name, path in header_files.items():
-        if name in headers:
-            raise ConfigError(f"upstream.header_files.{name}", "also set in upstream.headers")
-        headers[name] = read_secret_file(path, f"upstream.header_files.{name}")
-    files = {}
-    for name in ("ca_file", "client_cert_file", "client_key_file"):
-        if raw.get(name) is not None:
-            files[name] = existing_file(raw[name], f"upstream.{name}")
-    if files and not url.startswith("https://"):
-        raise ConfigError(f"upstream.{next(iter(files))}", "only applies to an https upstream")
-    if ("client_cert_file" in files) != ("client_key_file" in files):
-        raise ConfigError("upstream.client_cert_file", "set with upstream.client_key_file")
-    skip = ("url", "headers", "header_files", "ca_file", "client_cert_file", "client_key_file")
-    rest = {k: v for k, v in raw.items() if k not in skip}
-    base = _build(UpstreamConfig, {"url": url, **rest}, "upstream")
-    return UpstreamConfig(**{**base.__dict__, "headers": headers, **files})
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (what `gateway config schema` prints)."""
+    schema = Config.model_json_schema(mode="validation")
+    schema["title"] = "Contractor access gateway configuration"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

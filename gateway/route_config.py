@@ -3,250 +3,199 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from gateway.catalogue.config import check_kind
-from gateway.configbase import HTTP_METHODS, ConfigError
-from gateway.configbase import config_bool as _bool
-from gateway.configbase import config_str as _str
+from pydantic import Field, field_validator, model_validator
+
+from gateway.catalogue.config import Kind
+from gateway.configbase import NOT_EMPTY_SCHEMA, NotEmpty, Problem, Section, Text
 
 CATALOGUE_MODES = ("check", "learn", "off")
 UNKNOWN_RECORDS = ("refuse", "allow", "learn")
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    path: str
-    methods: tuple[str, ...]
-    action: str
-    records: str | None = None
-    record_id: str | None = None
-    record_project: str | None = None
-    record_task: str | None = None
-    project: str | None = None
-    query_params: tuple[str, ...] | None = None
-    # More records than this in one response is refused: each costs an access row.
-    max_records: int = 10_000
-    # Fields a record route releases besides its records; others are dropped or refused.
-    envelope: tuple[str, ...] = ()
-    envelope_extra: str = "drop"
-    # Non-2xx answers: "replace" (the gateway's own error), "pass", or "inspect" (records).
-    upstream_errors: str = "pass"
-    # --- the record catalogue (docs/DESIGN.md §9) ---
-    # "check": records and a path's {record} are checked against the catalogue; "learn":
-    # checked, and records not yet in it are learnt under this route's project; "off".
-    catalogue: str = "check"
-    # The catalogue's name for what this route's records (and {record}) are.
-    catalogue_kind: str = "record"
-    # When the path's {record} is of another kind than the body's records (a task id in
-    # the path of a write that answers with the annotation it made).
-    path_record_kind: str | None = None
-    # A record the catalogue does not know: "refuse", "allow" or "learn"; unset: refused
-    # once the catalogue holds records of this kind, allowed before.
-    unknown_records: str | None = None
-    # "catalogue": the project (task) is the catalogue's for the path's {record}.
-    project_from: str = "path"
-    task_from: str = "path"
-    # The body is one file, logged as one record: its path is the id, its bytes hashed.
-    media: bool = False
-
+Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 _PLACEHOLDER = re.compile(r"\{([a-z]+)\}")
 
 
-def parse_route(raw: dict[str, Any], key: str) -> RouteConfig:
-    allowed = set(RouteConfig.__dataclass_fields__)
-    for name in raw:
-        if name not in allowed:
-            raise ConfigError(f"{key}.{name}", "unknown key")
-    path = _str(raw.get("path"), f"{key}.path")
-    if not path.startswith("/") or path.startswith("/_gateway"):
-        raise ConfigError(
-            f"{key}.path", "must start with '/' and not use the reserved /_gateway prefix"
-        )
-    for placeholder in _PLACEHOLDER.findall(path):
-        if placeholder not in ("project", "task", "record"):
-            raise ConfigError(f"{key}.path", f"unknown placeholder {{{placeholder}}}")
-    methods = raw.get("methods", ["GET"])
-    if not isinstance(methods, list) or not methods:
-        raise ConfigError(f"{key}.methods", "must be a non-empty list")
-    for method in methods:
-        if method not in HTTP_METHODS:
-            raise ConfigError(f"{key}.methods", f"unknown method {method!r}")
-    action = _str(raw.get("action"), f"{key}.action")
-    records = _str(raw.get("records"), f"{key}.records", optional=True)
-    record_id = _str(raw.get("record_id"), f"{key}.record_id", optional=True)
-    if (records is None) != (record_id is None):
-        raise ConfigError(f"{key}.records", "'records' and 'record_id' go together")
-    project = _str(raw.get("project"), f"{key}.project", optional=True)
-    media = _bool(raw.get("media", False), f"{key}.media")
-    record_project = _str(raw.get("record_project"), f"{key}.record_project", optional=True)
-    if record_project and not records:
-        raise ConfigError(f"{key}.record_project", "needs 'records' and 'record_id'")
-    catalogue = _catalogue_keys(raw, key, path, records)
-    if media and records:
-        raise ConfigError(f"{key}.media", "a media route's body is one file: no 'records'")
-    if (
-        "{project}" not in path
-        and not project
-        and not record_project
-        and catalogue["project_from"] != "catalogue"
-    ):
-        raise ConfigError(
-            f"{key}.path",
-            "a route must name its project: {project} in the path, 'project', 'record_project'"
-            " or project_from = 'catalogue'",
-        )
-    query = raw.get("query_params")
-    if query is not None and (
-        not isinstance(query, list) or not all(isinstance(q, str) for q in query)
-    ):
-        raise ConfigError(f"{key}.query_params", "must be a list of parameter names")
-    if "{project}" not in path and project and query is None:
-        raise ConfigError(
-            f"{key}.query_params",
-            "a route with a fixed 'project' must list the query parameters it allows (an"
-            " empty list allows none): an unchecked query could select another project's data",
-        )
-    max_records = raw.get("max_records", RouteConfig.max_records)
-    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-        raise ConfigError(f"{key}.max_records", "must be a positive integer")
-    if "max_records" in raw and not records:
-        raise ConfigError(f"{key}.max_records", "needs 'records' and 'record_id'")
-    envelope, envelope_extra, upstream_errors = _route_release(raw, key, records)
-    return RouteConfig(
-        path=path,
-        methods=tuple(methods),
-        action=action,
-        records=records,
-        record_id=record_id,
-        record_project=record_project,
-        record_task=_str(raw.get("record_task"), f"{key}.record_task", optional=True),
-        project=project,
-        query_params=tuple(query) if query is not None else None,
-        max_records=max_records,
-        envelope=envelope,
-        envelope_extra=envelope_extra,
-        upstream_errors=upstream_errors,
-        media=media,
-        **catalogue,
+class RouteConfig(Section):
+    path: Text
+    methods: Annotated[tuple[Method, ...], Field(strict=False), NotEmpty, NOT_EMPTY_SCHEMA] = (
+        "GET",
     )
+    action: Text
+    records: Text | None = None
+    record_id: Text | None = None
+    record_project: Text | None = None
+    record_task: Text | None = None
+    project: Text | None = None
+    query_params: Annotated[tuple[str, ...], Field(strict=False)] | None = None
+    # More records than this in one response is refused: each costs an access row.
+    max_records: Annotated[int, Field(gt=0)] = 10_000
+    # Fields a record route releases besides its records; others are dropped or refused.
+    envelope: Annotated[tuple[Text, ...], Field(strict=False)] = ()
+    envelope_extra: Literal["drop", "refuse", "allow"] = "drop"
+    # Non-2xx answers: "replace" (the gateway's own error), "pass", or "inspect" (records).
+    # Unset: "replace" on record and media routes, else "pass".
+    upstream_errors: Literal["replace", "pass", "inspect"] = "pass"
+    # --- the record catalogue (docs/DESIGN.md §9) ---
+    # "check": records and a path's {record} are checked against the catalogue; "learn":
+    # checked, and records not yet in it are learnt under this route's project; "off".
+    catalogue: Literal["check", "learn", "off"] = "check"
+    # The catalogue's name for what this route's records (and {record}) are.
+    catalogue_kind: Kind = "record"
+    # When the path's {record} is of another kind than the body's records (a task id in
+    # the path of a write that answers with the annotation it made).
+    path_record_kind: Kind | None = None
+    # A record the catalogue does not know: "refuse", "allow" or "learn"; unset: refused
+    # once the catalogue holds records of this kind, allowed before.
+    unknown_records: Literal["refuse", "allow", "learn"] | None = None
+    # "catalogue": the project (task) is the catalogue's for the path's {record}.
+    project_from: Literal["path", "catalogue"] = "path"
+    task_from: Literal["path", "catalogue"] = "path"
+    # The body is one file, logged as one record: its path is the id, its bytes hashed.
+    media: bool = False
 
-
-def _catalogue_keys(
-    raw: dict[str, Any], key: str, path: str, records: str | None
-) -> dict[str, Any]:
-    """How a route uses the record catalogue; contradictions are refused here."""
-    mode = raw.get("catalogue", "check")
-    if mode not in CATALOGUE_MODES:
-        raise ConfigError(f"{key}.catalogue", f"must be one of {', '.join(CATALOGUE_MODES)}")
-    kind = check_kind(raw.get("catalogue_kind", "record"), f"{key}.catalogue_kind")
-    path_kind = raw.get("path_record_kind")
-    if path_kind is not None:
-        check_kind(path_kind, f"{key}.path_record_kind")
-        if "{record}" not in path:
-            raise ConfigError(f"{key}.path_record_kind", "needs {record} in the path")
-    unknown = raw.get("unknown_records")
-    if unknown is not None and unknown not in UNKNOWN_RECORDS:
-        raise ConfigError(f"{key}.unknown_records", f"must be one of {', '.join(UNKNOWN_RECORDS)}")
-    if mode == "learn":
-        if unknown not in (None, "learn"):
-            raise ConfigError(
-                f"{key}.unknown_records", "contradicts catalogue = 'learn' (which learns them)"
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "upstream_errors" not in data:
+            data["upstream_errors"] = (
+                "replace" if data.get("records") or data.get("media") else "pass"
             )
-        unknown = "learn"
-    project_from = raw.get("project_from", "path")
-    task_from = raw.get("task_from", "path")
-    for name, value, placeholder in (
-        ("project_from", project_from, "{project}"),
-        ("task_from", task_from, "{task}"),
-    ):
-        if value not in ("path", "catalogue"):
-            raise ConfigError(f"{key}.{name}", "must be 'path' or 'catalogue'")
-        if value == "catalogue":
-            if "{record}" not in path:
-                raise ConfigError(f"{key}.{name}", "'catalogue' needs {record} in the path")
-            if placeholder in path:
-                raise ConfigError(f"{key}.{name}", f"the path names it already ({placeholder})")
-    if project_from == "catalogue" and raw.get("project"):
-        raise ConfigError(f"{key}.project", "contradicts project_from = 'catalogue'")
-    if task_from == "catalogue" and project_from != "catalogue" and "{project}" not in path:
-        raise ConfigError(f"{key}.task_from", "needs the project from the path or the catalogue")
-    if mode == "off":
-        for name in ("unknown_records", "project_from", "task_from", "path_record_kind"):
-            if name in raw and raw[name] not in (None, "path"):
-                raise ConfigError(f"{key}.{name}", "has no effect with catalogue = 'off'")
-    if unknown == "learn":
-        if not records and not raw.get("media"):
-            raise ConfigError(
-                f"{key}.unknown_records", "learning needs records in the body ('records' or media)"
-            )
-        if "{project}" not in path and not raw.get("project") and project_from != "catalogue":
-            raise ConfigError(
-                f"{key}.unknown_records",
-                "learning needs the route to know its project (path, 'project' or catalogue)",
-            )
-    return {
-        "catalogue": mode,
-        "catalogue_kind": kind,
-        "path_record_kind": path_kind,
-        "unknown_records": unknown,
-        "project_from": project_from,
-        "task_from": task_from,
-    }
-
-
-def _route_release(
-    raw: dict[str, Any], key: str, records: str | None
-) -> tuple[tuple[str, ...], str, str]:
-    """What a route lets out besides checked records: envelope fields and upstream errors."""
-    from gateway.records.envelope import ENVELOPE_EXTRA, field_path, overlapping
-
-    envelope = raw.get("envelope", [])
-    if not isinstance(envelope, list) or not all(isinstance(e, str) and e for e in envelope):
-        raise ConfigError(f"{key}.envelope", "must be a list of field names")
-    extra = raw.get("envelope_extra", "drop")
-    if extra not in ENVELOPE_EXTRA:
-        raise ConfigError(f"{key}.envelope_extra", f"must be one of {', '.join(ENVELOPE_EXTRA)}")
-    errors = raw.get("upstream_errors", "replace" if records or raw.get("media") else "pass")
-    if errors not in ("replace", "pass", "inspect"):
-        raise ConfigError(f"{key}.upstream_errors", "must be one of replace, pass, inspect")
-    if errors == "inspect" and not records:
-        raise ConfigError(f"{key}.upstream_errors", "'inspect' needs 'records' and 'record_id'")
-    single = records is not None and records.strip() in ("@", "[*]")
-    if not records or single:
-        for name in ("envelope", "envelope_extra"):
-            if name in raw:
-                raise ConfigError(
-                    f"{key}.{name}", "applies to routes whose 'records' selects a list of records"
+        if data.get("catalogue") == "learn":
+            if data.get("unknown_records") not in (None, "learn"):
+                raise Problem(
+                    "unknown_records", "contradicts catalogue = 'learn' (which learns them)"
                 )
-        return (), extra, errors
-    if extra == "allow":
-        if envelope:
-            raise ConfigError(f"{key}.envelope", "has no effect with envelope_extra = 'allow'")
-        return (), extra, errors
-    records_path = field_path(records)
-    if records_path is None:
-        import jmespath
-        from jmespath.exceptions import JMESPathError
+            data["unknown_records"] = "learn"
+        return data
 
-        try:
-            jmespath.compile(records)
-        except JMESPathError as error:
-            raise ConfigError(f"{key}.records", f"bad JMESPath: {error}") from None
-        raise ConfigError(
-            f"{key}.records",
-            "must be a plain field path (e.g. 'records' or 'data.items') so that fields beside"
-            " the records can be dropped; or set envelope_extra = 'allow' to release them"
-            " unchecked",
-        )
-    for name in envelope:
-        path = field_path(name)
-        if path is None:
-            raise ConfigError(f"{key}.envelope", f"{name!r} is not a plain field path")
-        if overlapping(records_path, path):
-            raise ConfigError(
-                f"{key}.envelope", f"{name!r} contains or is inside the records ({records!r})"
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if not path.startswith("/") or path.startswith("/_gateway"):
+            raise ValueError("must start with '/' and not use the reserved /_gateway prefix")
+        for placeholder in _PLACEHOLDER.findall(path):
+            if placeholder not in ("project", "task", "record"):
+                raise ValueError(f"unknown placeholder {{{placeholder}}}")
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouteConfig:
+        given = self.model_fields_set
+        if (self.records is None) != (self.record_id is None):
+            raise Problem("records", "'records' and 'record_id' go together")
+        if self.record_project and not self.records:
+            raise Problem("record_project", "needs 'records' and 'record_id'")
+        self._check_catalogue(given)
+        if self.media and self.records:
+            raise Problem("media", "a media route's body is one file: no 'records'")
+        if (
+            "{project}" not in self.path
+            and not self.project
+            and not self.record_project
+            and self.project_from != "catalogue"
+        ):
+            raise Problem(
+                "path",
+                "a route must name its project: {project} in the path, 'project',"
+                " 'record_project' or project_from = 'catalogue'",
             )
-    return tuple(envelope), extra, errors
+        if "{project}" not in self.path and self.project and self.query_params is None:
+            raise Problem(
+                "query_params",
+                "a route with a fixed 'project' must list the query parameters it allows (an"
+                " empty list allows none): an unchecked query could select another project's"
+                " data",
+            )
+        if "max_records" in given and not self.records:
+            raise Problem("max_records", "needs 'records' and 'record_id'")
+        self._check_release(given)
+        return self
+
+    def _check_catalogue(self, given: set[str]) -> None:
+        """How a route uses the record catalogue; contradictions are refused here."""
+        path = self.path
+        if self.path_record_kind is not None and "{record}" not in path:
+            raise Problem("path_record_kind", "needs {record} in the path")
+        for name, placeholder in (("project_from", "{project}"), ("task_from", "{task}")):
+            if getattr(self, name) == "catalogue":
+                if "{record}" not in path:
+                    raise Problem(name, "'catalogue' needs {record} in the path")
+                if placeholder in path:
+                    raise Problem(name, f"the path names it already ({placeholder})")
+        if self.project_from == "catalogue" and self.project:
+            raise Problem("project", "contradicts project_from = 'catalogue'")
+        if (
+            self.task_from == "catalogue"
+            and self.project_from != "catalogue"
+            and "{project}" not in path
+        ):
+            raise Problem("task_from", "needs the project from the path or the catalogue")
+        if self.catalogue == "off":
+            for name in ("unknown_records", "project_from", "task_from", "path_record_kind"):
+                if name in given and getattr(self, name) not in (None, "path"):
+                    raise Problem(name, "has no effect with catalogue = 'off'")
+        if self.unknown_records == "learn":
+            if not self.records and not self.media:
+                raise Problem(
+                    "unknown_records", "learning needs records in the body ('records' or media)"
+                )
+            if "{project}" not in path and not self.project and self.project_from != "catalogue":
+                raise Problem(
+                    "unknown_records",
+                    "learning needs the route to know its project (path, 'project' or catalogue)",
+                )
+
+    def _check_release(self, given: set[str]) -> None:
+        """What a route lets out besides checked records: envelope fields and errors."""
+        from gateway.records.envelope import field_path, overlapping
+
+        records = self.records
+        if self.upstream_errors == "inspect" and not records:
+            raise Problem("upstream_errors", "'inspect' needs 'records' and 'record_id'")
+        single = records is not None and records.strip() in ("@", "[*]")
+        if not records or single:
+            for name in ("envelope", "envelope_extra"):
+                if name in given:
+                    raise Problem(
+                        name, "applies to routes whose 'records' selects a list of records"
+                    )
+            return
+        if self.envelope_extra == "allow":
+            if self.envelope:
+                raise Problem("envelope", "has no effect with envelope_extra = 'allow'")
+            return
+        records_path = field_path(records)
+        if records_path is None:
+            import jmespath
+            from jmespath.exceptions import JMESPathError
+
+            try:
+                jmespath.compile(records)
+            except JMESPathError as error:
+                raise Problem("records", f"bad JMESPath: {error}") from None
+            raise Problem(
+                "records",
+                "must be a plain field path (e.g. 'records' or 'data.items') so that fields"
+                " beside the records can be dropped; or set envelope_extra = 'allow' to"
+                " release them unchecked",
+            )
+        for name in self.envelope:
+            path = field_path(name)
+            if path is None:
+                raise Problem("envelope", f"{name!r} is not a plain field path")
+            if overlapping(records_path, path):
+                raise Problem(
+                    "envelope", f"{name!r} contains or is inside the records ({records!r})"
+                )
+
+
+def parse_route(raw: Any, key: str) -> RouteConfig:
+    """One `[[routes]]` table, or a ConfigError naming the key (`routes[3].records`)."""
+    from gateway.configbase import validated
+
+    return validated(RouteConfig, raw, key)

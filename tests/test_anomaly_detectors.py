@@ -462,7 +462,7 @@ def test_locations_longest_prefix_and_bad_files(tmp_path: Path, places: str) -> 
         bad.write_text(text)
         with pytest.raises(AnomalyConfigError, match=message) as error:
             load_locations(bad)
-        assert error.value.key == "ip_locations"
+        assert error.value.key == "anomaly.ip_locations"
     with pytest.raises(AnomalyConfigError, match="does not exist"):
         load_locations(tmp_path / "missing.csv")
 

@@ -147,7 +147,7 @@ SOURCE = {
         ),
         ({"sources": [{**SOURCE, "offset_param": "offset"}]}, "catalogue.sources[0].limit_param"),
         ({"sources": [{**SOURCE, "page_size": 0}]}, "catalogue.sources[0].page_size"),
-        ({"sources": [{**SOURCE, "query": {"a": [1]}}]}, "catalogue.sources[0].query"),
+        ({"sources": [{**SOURCE, "query": {"a": [1]}}]}, "catalogue.sources[0].query.a"),
         ({"sources": [{**SOURCE, "kind": ""}]}, "catalogue.sources[0].kind"),
     ],
 )

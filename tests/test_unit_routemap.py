@@ -190,7 +190,13 @@ ROUTES = (
         methods=("POST", "PUT"),
         action="annotate",
     ),
-    RouteConfig(path="/api/status", methods=("GET", "HEAD"), action="read", project="proj-x"),
+    RouteConfig(
+        path="/api/status",
+        methods=("GET", "HEAD"),
+        action="read",
+        project="proj-x",
+        query_params=(),
+    ),
 )
 
 

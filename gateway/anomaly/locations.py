@@ -24,7 +24,7 @@ from pathlib import Path
 from gateway.anomaly.config import AnomalyConfigError
 
 EARTH_RADIUS_KM = 6371.0
-KEY = "ip_locations"
+KEY = "anomaly.ip_locations"
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ class _Listing:
         source = self.source
         if cursor.get("url"):
             return cursor["url"]
-        query = list(source.query)
+        query = list(source.query.items())
         if source.pagination == "page":
             assert source.page_param is not None
             query.append((source.page_param, str(cursor["page"])))

@@ -45,6 +45,29 @@ def check_config(config_path: str | None) -> None:
     click.echo(f"ok: {len(config.issuers)} issuers, {len(config.routes)} routes")
 
 
+@main.group("config")
+def config_group() -> None:
+    """The configuration file: check it, print its schema."""
+
+
+@config_group.command("check")
+@config_option
+def config_check(config_path: str | None) -> None:
+    """Validate the configuration and exit (same as check-config)."""
+    config = _load(config_path)
+    click.echo(f"ok: {len(config.issuers)} issuers, {len(config.routes)} routes")
+
+
+@config_group.command("schema")
+def config_schema_command() -> None:
+    """Print the JSON Schema of the configuration file (for editors and CI checks)."""
+    import orjson
+
+    from gateway.config import config_schema
+
+    click.echo(orjson.dumps(config_schema(), option=orjson.OPT_INDENT_2).decode())
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
