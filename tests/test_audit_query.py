@@ -398,7 +398,7 @@ def test_cli_exposure_writes_the_same_manifest_and_its_signature(
     path = tmp_path / "acme.csv"
     result = gateway.cli(
         "audit", "exposure", "--vendor", "acme", "--since", window["since"],
-        "--until", window["until"], "--manifest", str(path),
+        "--until", window["until"], "--manifest", str(path), "--json",
     )  # fmt: skip
     report = json.loads(result.stdout)
     assert report["totals"]["distinct_records"] == len(traffic.received["acme"])
@@ -545,23 +545,21 @@ def test_cli_query_walks_all_pages_as_json_lines_and_table(
     expected = [row.id for row in window_rows(gateway, traffic)]
     result = gateway.cli(
         "audit", "query", "--since", window["since"], "--until", window["until"],
-        "--limit", "7", "--all",
+        "--limit", "7", "--all", "--jsonl",
     )  # fmt: skip
     assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == expected
     one_page = gateway.cli(
         "audit", "query", "--since", window["since"], "--until", window["until"],
-        "--limit", "7", "--format", "json",
+        "--limit", "7", "--json",
     )  # fmt: skip
     page = json.loads(one_page.stdout)
     assert [e["id"] for e in page["events"]] == expected[:7] and page["next_cursor"]
     rest = gateway.cli(
         "audit", "query", "--since", window["since"], "--until", window["until"],
-        "--limit", "1000", "--cursor", page["next_cursor"],
+        "--limit", "1000", "--cursor", page["next_cursor"], "--jsonl",
     )  # fmt: skip
     assert [json.loads(line)["id"] for line in rest.stdout.splitlines()] == expected[7:]
-    table = gateway.cli(
-        "audit", "query", "--request-id", traffic.request_ids[3], "--format", "table"
-    )
+    table = gateway.cli("audit", "query", "--request-id", traffic.request_ids[3])
     lines = table.stdout.splitlines()
     assert lines[0].split()[:4] == ["time", "contractor", "vendor", "decision"]
     assert "acme-idp:bob" in lines[1] and "deny" in lines[1]
@@ -616,7 +614,7 @@ def test_record_provenance_lists_every_access(gateway: Gateway, traffic: Traffic
         if cursor is None:
             break
     assert paged == body["accesses"]
-    cli = gateway.cli("audit", "record", record_id)
+    cli = gateway.cli("audit", "record", record_id, "--jsonl")
     assert [json.loads(line) for line in cli.stdout.splitlines()] == body["accesses"]
     unknown = auditor_get(gateway, "/_gateway/audit/records/no-such-record").json()
     assert unknown["accesses"] == [] and unknown["summary"]["accesses"] == 0
@@ -684,6 +682,7 @@ def test_bad_report_parameters_are_400_naming_the_parameter(
         (["query", "--limit", "0"], "limit"),
         (["query", "--cursor", "zzz"], "cursor"),
         (["query", "--format", "xml"], "format"),
+        (["query", "--json", "--jsonl"], "--jsonl"),
         (["exposure", "--since", "2026-01-01T00:00:00Z"], "vendor"),
         (["exposure", "--vendor", "acme", "--manifest", "/tmp/x.csv", "--format", "xls"], "format"),
     ],

@@ -435,7 +435,9 @@ def test_exposure_reports_divide_by_the_catalogue(synced: Gateway) -> None:
 
     page = synced.get("/api/projects/proj-1/tasks/task-1/records?offset=100&limit=30", "bob")
     assert page.status_code == 200
-    report = json.loads(synced.cli("audit", "exposure", "--contractor", "acme-idp:bob").stdout)
+    report = json.loads(
+        synced.cli("audit", "exposure", "--contractor", "acme-idp:bob", "--json").stdout
+    )
     task = next(g for g in report["projects"] if (g["project"], g["task"]) == ("proj-1", "task-1"))
     assert task["catalogue_records"] == 300
     assert task["share"] == round(task["distinct_records"] / 300, 4)

@@ -321,7 +321,7 @@ def test_a_vendor_lock_stops_reads_and_writes(gw: Gateway, seeded: Seeded) -> No
 
 
 def test_exposure_report_divides_by_the_catalogue(gw: Gateway, seeded: Seeded) -> None:
-    report = json.loads(gw.cli("audit", "exposure", "--vendor", "acme").stdout)
+    report = json.loads(gw.cli("audit", "exposure", "--vendor", "acme", "--json").stdout)
     groups = [g for g in report["projects"] if g["project"] == seeded.a]
     assert groups
     for group in groups:

@@ -203,7 +203,7 @@ def test_installed_gateway_runs_outside_the_repository(
         proc.stop()
         log.close()
     listed = installed.run(
-        "audit", "query", "--contractor", "acme-idp:alice", "--format", "jsonl", config=config
+        "audit", "query", "--contractor", "acme-idp:alice", "--jsonl", config=config
     )
     events = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     released = [e for e in events if e["decision"] == "allow" and e["record_id"]]

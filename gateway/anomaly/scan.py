@@ -21,6 +21,7 @@ from gateway.anomaly.config import AnomalyConfig
 from gateway.anomaly.detectors import Finding, detect, lookback_days, severity_at_least
 from gateway.anomaly.rollup import SqlSource, refresh_rollup, set_state, utc
 from gateway.anomaly.store import UpsertResult, escalate_alert, upsert_findings
+from gateway.timestamps import rfc3339
 
 log = logging.getLogger(__name__)
 AUTO_ACTOR = "anomaly-scan"
@@ -40,8 +41,8 @@ class ScanResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "since": self.since.isoformat(),
-            "until": self.until.isoformat(),
+            "since": rfc3339(self.since),
+            "until": rfc3339(self.until),
             "findings": len(self.findings),
             "new_alerts": self.stored.new,
             "updated_alerts": self.stored.updated,
@@ -110,9 +111,9 @@ def scan(
             connection,
             "last_scan",
             {
-                "at": datetime.now(UTC).isoformat(),
-                "since": since.isoformat(),
-                "until": until.isoformat(),
+                "at": rfc3339(datetime.now(UTC)),
+                "since": rfc3339(since),
+                "until": rfc3339(until),
                 "findings": len(findings),
                 "new_alerts": len(stored.new),
                 "seconds": round(result.seconds, 2),

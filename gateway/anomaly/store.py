@@ -22,6 +22,7 @@ from gateway.anomaly.rollup import from_ts, utc
 from gateway.db.models import AnomalyAlert, CanaryRecord
 from gateway.lockout.store import notify_guards_changed
 from gateway.policy.store import record_admin_event
+from gateway.timestamps import rfc3339
 
 STATUSES = ("open", "acknowledged", "resolved", "false_positive")
 MAX_NOTES = 10_000
@@ -42,9 +43,7 @@ class AlertError(ValueError):
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else rfc3339(value)
 
 
 def alert_as_dict(row: AnomalyAlert) -> dict[str, Any]:

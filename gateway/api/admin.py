@@ -8,7 +8,6 @@ result. Bad input is a 400 naming the field; a write based on a stale version is
 from __future__ import annotations
 
 import time
-from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -19,6 +18,7 @@ from gateway.api.bodies import InvalidRequest, bad_request, json_body, use_json_
 from gateway.policy import store
 from gateway.policy.admin import PolicyAdmin, PolicyValidationError, subject_name
 from gateway.policy.rules import PolicyFileError, Rule, format_instant, parse_instant
+from gateway.timestamps import rfc3339
 
 admin_blueprint = Blueprint("admin", __name__, url_prefix=openapi.ADMIN_PREFIX)
 
@@ -135,7 +135,7 @@ def rule_json(rule: Rule) -> dict[str, Any]:
 def version_json(info: store.VersionInfo) -> dict[str, Any]:
     data = info.as_dict()
     if info.created_at.tzinfo is None:  # SQLite drops the offset of a UTC time: see report
-        data["created_at"] = info.created_at.replace(tzinfo=UTC).isoformat()
+        data["created_at"] = rfc3339(info.created_at)
     return data
 
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from gateway.cli.output import json_option
 from gateway.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def _load(config_path: str | None) -> Config:
@@ -23,26 +30,67 @@ def _load(config_path: str | None) -> Config:
     return config
 
 
+@contextmanager
+def database(config_path: str | None, pool_size: int = 2) -> Iterator[tuple[Config, Engine]]:
+    """The config and an engine on its database, disposed of when the command is done."""
+    from gateway.db.session import make_engine
+
+    config = _load(config_path)
+    engine = make_engine(config.database_url, pool_size=pool_size)
+    try:
+        yield config, engine
+    finally:
+        engine.dispose()
+
+
+def _config_from_group(ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """A command's --config, else the one given before the command (`gateway --config X`)."""
+    if value is not None:
+        return value
+    return ctx.find_root().params.get("config_path")
+
+
 config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    callback=_config_from_group,
+    help="gateway TOML file (default: the group's --config, or GATEWAY_CONFIG)",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
     "--config",
     "config_path",
     envvar="GATEWAY_CONFIG",
     type=click.Path(dir_okay=False),
-    help="gateway TOML file (or GATEWAY_CONFIG)",
+    help="gateway TOML file for every command (or GATEWAY_CONFIG)",
 )
+@click.version_option(package_name="contractor-gateway", prog_name="gateway")
+def main(config_path: str | None) -> None:
+    """Contractor access-governance gateway.
+
+    Every command that prints a result takes --json for programs; times are RFC 3339
+    UTC (2026-12-04T03:00:00Z). Shell completion: see the README ("Command line").
+    """
 
 
-@click.group()
-def main() -> None:
-    """Contractor access-governance gateway."""
+def _report_config(config: Config, as_json: bool) -> None:
+    from gateway.cli.output import print_json
+
+    if as_json:
+        print_json({"ok": True, "issuers": len(config.issuers), "routes": len(config.routes)})
+    else:
+        click.echo(f"ok: {len(config.issuers)} issuers, {len(config.routes)} routes")
 
 
 @main.command("check-config")
 @config_option
-def check_config(config_path: str | None) -> None:
+@json_option
+def check_config(config_path: str | None, as_json: bool) -> None:
     """Validate the configuration and exit."""
-    config = _load(config_path)
-    click.echo(f"ok: {len(config.issuers)} issuers, {len(config.routes)} routes")
+    _report_config(_load(config_path), as_json)
 
 
 @main.group("config")
@@ -52,10 +100,10 @@ def config_group() -> None:
 
 @config_group.command("check")
 @config_option
-def config_check(config_path: str | None) -> None:
+@json_option
+def config_check(config_path: str | None, as_json: bool) -> None:
     """Validate the configuration and exit (same as check-config)."""
-    config = _load(config_path)
-    click.echo(f"ok: {len(config.issuers)} issuers, {len(config.routes)} routes")
+    _report_config(_load(config_path), as_json)
 
 
 @config_group.command("schema")
@@ -76,7 +124,8 @@ def db() -> None:
 @db.command("upgrade")
 @config_option
 @click.option("--revision", default="head", show_default=True)
-def db_upgrade(config_path: str | None, revision: str) -> None:
+@json_option
+def db_upgrade(config_path: str | None, revision: str, as_json: bool) -> None:
     """Apply the Alembic migrations."""
     from gateway.db.migrate import upgrade
 
@@ -85,7 +134,16 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
         upgrade(config.database_url, revision)
     except Exception as error:
         raise click.ClickException(f"migration failed: {type(error).__name__}: {error}") from None
-    click.echo("database is at the newest schema")
+    if as_json:
+        from gateway.cli.output import print_json
+
+        print_json({"ok": True, "revision": revision})
+    else:
+        click.echo(
+            "database is at the newest schema"
+            if revision == "head"
+            else f"database is at {revision}"
+        )
 
 
 @main.command("serve")

@@ -11,20 +11,19 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gateway.cli import config_option
-from gateway.cli.policy import friendly_errors, print_table
+from gateway.cli import config_option, database
+from gateway.cli.errors import friendly_errors
+from gateway.cli.output import json_option, print_json, print_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -70,19 +69,6 @@ def anomaly_errors(function: F) -> F:
     return friendly_errors()(wrapper)  # type: ignore[return-value]
 
 
-@contextmanager
-def database(config_path: str | None) -> Iterator[tuple[Any, Engine]]:
-    from gateway.config import load_config
-    from gateway.db.session import make_engine
-
-    config = load_config(config_path)
-    engine = make_engine(config.database_url, pool_size=2)
-    try:
-        yield config, engine
-    finally:
-        engine.dispose()
-
-
 def thresholds(config_path: str | None, thresholds_path: str | None) -> AnomalyConfig:
     from gateway.anomaly.config import load_anomaly_config
     from gateway.anomaly.detectors import locations_for
@@ -123,10 +109,6 @@ def parse_id(value: str, name: str = "ALERT_ID") -> int:
             f"{name}: {value!r} is not an alert id (see `gateway anomalies list`)"
         )
     return int(text)
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
 
 
 def short(text: str | None, width: int = 90) -> str:
@@ -224,7 +206,7 @@ def run_scan(
 )
 @click.option("--until", metavar="ISO", help="scan activity before this time (default: now)")
 @click.option("--rebuild", is_flag=True, help="re-aggregate the hourly rollup from the log")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
+@json_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @anomaly_errors
 def scan_command(
@@ -287,7 +269,7 @@ def scan_command(
 @click.option("--assignee")
 @click.option("--since", metavar="ISO|DURATION", help="detected at or after")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @anomaly_errors
 def list_command(
     config_path: str | None,
@@ -341,7 +323,7 @@ def list_command(
 @anomalies_group.command("show")
 @config_option
 @click.argument("alert_id")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @anomaly_errors
 def show_command(config_path: str | None, alert_id: str, as_json: bool) -> None:
     """One alert: the explanation, the evidence rows and how to list them all."""
@@ -362,6 +344,7 @@ def show_command(config_path: str | None, alert_id: str, as_json: bool) -> None:
 @click.option("--assignee", help="who reviews it ('' to unassign)")
 @click.option("--notes", help="replace the notes")
 @actor_option
+@json_option
 @anomaly_errors
 def update_command(
     config_path: str | None,
@@ -370,6 +353,7 @@ def update_command(
     assignee: str | None,
     notes: str | None,
     actor: str,
+    as_json: bool,
 ) -> None:
     """Set an alert's status, assignee or notes."""
     from gateway.anomaly.store import update_alert
@@ -385,7 +369,10 @@ def update_command(
         raise click.UsageError("give at least one of --status, --assignee, --notes")
     with database(config_path) as (_, engine):
         alert = update_alert(engine, parse_id(alert_id), actor=actor, **changes)
-    print_alert(alert)
+    if as_json:
+        print_json(alert)
+    else:
+        print_alert(alert)
 
 
 @anomalies_group.command("escalate")
@@ -401,6 +388,7 @@ def update_command(
 )
 @click.option("--ttl", metavar="DURATION", help="lift automatically after 30m, 24h, 7d ...")
 @actor_option
+@json_option
 @anomaly_errors
 def escalate_command(
     config_path: str | None,
@@ -409,6 +397,7 @@ def escalate_command(
     kind: str,
     ttl: str | None,
     actor: str,
+    as_json: bool,
 ) -> None:
     """Lock the alert's contractor (or vendor) now, and mark the alert acknowledged."""
     from gateway.anomaly.store import escalate_alert
@@ -426,6 +415,9 @@ def escalate_command(
             exposure_days=config.lockout.exposure_days,
             config=config,
         )
+    if as_json:
+        print_json({"alert": alert, "lock": lock})
+        return
     click.echo(
         f"locked {lock['kind']} {lock['target']} (lock {lock['id']}) for alert {alert['id']}; "
         f"alert is {alert['status']}"
@@ -490,237 +482,5 @@ def watch_command(
                 time.sleep(min(0.5, every))
 
 
-# --- canaries ----------------------------------------------------------------------------
-
-
-@anomalies_group.group("canary")
-def canary_group() -> None:
-    """Canary records: records nobody should ever fetch; any access is an alert."""
-
-
-@canary_group.command("add")
-@config_option
-@click.argument("record_id")
-@click.option("--reason", required=True, help="why this record is a canary")
-@click.option("--project", help="the project the record belongs to (informational)")
-@actor_option
-@anomaly_errors
-def canary_add(
-    config_path: str | None, record_id: str, reason: str, project: str | None, actor: str
-) -> None:
-    """Mark RECORD_ID as a canary: the next scan alerts on any access to it."""
-    from gateway.anomaly.store import add_canary
-
-    with database(config_path) as (_, engine):
-        add_canary(engine, record_id, reason=reason, actor=actor, project=project)
-    click.echo(f"{record_id} is a canary record")
-
-
-@canary_group.command("list")
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@anomaly_errors
-def canary_list(config_path: str | None, as_json: bool) -> None:
-    """The canary records."""
-    from gateway.anomaly.store import list_canaries
-
-    with database(config_path) as (_, engine):
-        canaries = list_canaries(engine)
-    if as_json:
-        print_json(canaries)
-        return
-    if not canaries:
-        click.echo("no canary records")
-        return
-    print_table(
-        ["RECORD", "PROJECT", "SINCE", "BY", "REASON"],
-        [
-            [c["record_id"], c["project"] or "-", c["created_at"], c["actor"], short(c["reason"])]
-            for c in canaries
-        ],
-    )
-
-
-@canary_group.command("remove")
-@config_option
-@click.argument("record_id")
-@click.option("--reason", required=True)
-@actor_option
-@anomaly_errors
-def canary_remove(config_path: str | None, record_id: str, reason: str, actor: str) -> None:
-    """Stop treating RECORD_ID as a canary."""
-    from gateway.anomaly.store import remove_canary
-
-    with database(config_path) as (_, engine):
-        remove_canary(engine, record_id, reason=reason, actor=actor)
-    click.echo(f"{record_id} is no longer a canary record")
-
-
-# --- simulation and evaluation -----------------------------------------------------------
-
-
-def size_options(function: F) -> F:
-    for option in reversed(
-        [
-            click.option(
-                "--contractors", type=click.IntRange(20, 100_000), default=200, show_default=True
-            ),
-            click.option("--vendors", type=click.IntRange(1, 8), default=5, show_default=True),
-            click.option("--days", type=click.IntRange(24, 366), default=30, show_default=True),
-        ]
-    ):
-        function = option(function)
-    return function
-
-
-@anomalies_group.command("simulate")
-@click.option("--seed", type=int, required=True)
-@size_options
-@click.option(
-    "--output",
-    required=True,
-    metavar="DB_URL|FILE",
-    help="a database URL (rows appended to access_log, canaries marked) or a .jsonl[.gz] file",
-)
-@click.option(
-    "--labels",
-    "labels_path",
-    type=click.Path(dir_okay=False, writable=True),
-    help="where to write the labelled attacks (required with a database URL; default next to"
-    " a file output: NAME.labels.json)",
-)
-@click.option(
-    "--end",
-    metavar="ISO",
-    help="the simulated days end by this time (default: now), so `scan` finds them; moved in"
-    " whole weeks, which keeps every score the same",
-)
-@anomaly_errors
-def simulate_command(
-    seed: int,
-    contractors: int,
-    vendors: int,
-    days: int,
-    output: str,
-    labels_path: str | None,
-    end: str | None,
-) -> None:
-    """A seeded synthetic access log with labelled attacks (see gateway/anomaly/simulate.py)."""
-    from gateway.anomaly.simulate import (
-        labels_document,
-        simulate,
-        start_ending_by,
-        write_database,
-        write_file,
-    )
-
-    to_database = "://" in output
-    if labels_path is None:
-        if to_database:
-            raise click.ClickException(
-                "--labels FILE is required with a database output (nothing is written to the"
-                " current directory unasked)"
-            )
-        labels_path = output.removesuffix(".gz").removesuffix(".jsonl") + ".labels.json"
-    try:
-        until = _parse_end(end)
-        with click.progressbar(length=contractors, label="simulating contractors") as bar:
-            simulation = simulate(
-                seed,
-                contractors=contractors,
-                vendors=vendors,
-                days=days,
-                start=start_ending_by(until, days),
-                progress=lambda done, _total: bar.update(done - bar.pos),
-            )
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
-    rows = len(simulation.requests)
-    with click.progressbar(length=rows, label="writing rows") as bar:
-        if to_database:
-            written = write_database(simulation, output, progress=bar.update)
-        else:
-            written = write_file(simulation, output)
-            bar.update(rows)
-    document = labels_document(simulation)
-    with open(labels_path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=1)
-    click.echo(
-        f"simulated seed {seed}: {contractors} contractors, {vendors} vendors, {days} days "
-        f"({document['start']} to {document['end']}); {written:,} rows to "
-        f"{output.split('@')[-1]}; {len(simulation.labels)} labelled attacks and "
-        f"{len(simulation.canaries)} canaries in {labels_path}"
-    )
-
-
-def _parse_end(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"--end: {value!r} is not an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        raise ValueError("--end: give a UTC offset (e.g. 2026-12-01T00:00:00Z)")
-    return parsed
-
-
-@anomalies_group.command("evaluate")
-@click.option(
-    "--seeds",
-    default="101,102,103",
-    show_default=True,
-    help="comma-separated seeds (the thresholds were tuned on seeds 1-10)",
-)
-@size_options
-@thresholds_option
-@click.option("--json", "as_json", is_flag=True, help="the full report as JSON")
-@anomaly_errors
-def evaluate_command(
-    seeds: str,
-    contractors: int,
-    vendors: int,
-    days: int,
-    thresholds_path: str | None,
-    as_json: bool,
-) -> None:
-    """Recall, precision, false alerts per 100 contractor-days and time to detect, per
-    scenario family, on simulated logs (the same detectors `scan` runs)."""
-    from gateway.anomaly.config import load_anomaly_config
-    from gateway.anomaly.evaluate import TUNING_SEEDS, evaluate, markdown, summary_line
-
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(
-            f"{seeds!r} is not a comma-separated list of numbers", param_hint="--seeds"
-        ) from None
-    if not seed_list:
-        raise click.BadParameter("give at least one seed", param_hint="--seeds")
-    tuned = sorted(set(seed_list) & set(TUNING_SEEDS))
-    if tuned:
-        click.echo(
-            f"warning: seeds {tuned} were used for tuning; figures on them are optimistic", err=True
-        )
-    # Only an explicit thresholds file counts: the figures must not depend on GATEWAY_CONFIG.
-    config = load_anomaly_config(None, thresholds_path, environ={})
-
-    def on_seed(result: Any) -> None:
-        click.echo(
-            f"seed {result.seed}: {result.rows:,} rows, {sum(result.alerts.values())} alerts, "
-            f"{len(result.false_alerts)} false ({result.seconds:.1f}s)",
-            err=True,
-        )
-
-    try:
-        report = evaluate(
-            seed_list, config, contractors=contractors, vendors=vendors, days=days, on_seed=on_seed
-        )
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
-    if as_json:
-        print_json(report.as_dict())
-        return
-    click.echo(markdown(report))
-    click.echo("")
-    click.echo(f"figures: {summary_line(report)}")
+# Canary records, and simulation/evaluation, register their commands here.
+from gateway.cli import anomaly_canaries, anomaly_simulation  # noqa: E402, F401

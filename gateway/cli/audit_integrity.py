@@ -26,28 +26,17 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 import orjson
 
-from gateway.cli import _load, config_option
+from gateway.cli import config_option, database
 from gateway.cli.audit import audit_group
-from gateway.cli.policy import friendly_errors
+from gateway.cli.errors import friendly_errors
+from gateway.cli.output import json_option, print_json
+from gateway.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from gateway.audit.seal import Checkpoint
     from gateway.audit.verify import VerifyReport
-    from gateway.config import Config
-
-
-@contextmanager
-def _engine(config_path: str | None) -> Iterator[tuple[Config, Engine]]:
-    from gateway.db.session import make_engine
-
-    config = _load(config_path)
-    engine = make_engine(config.database_url, pool_size=2)
-    try:
-        yield config, engine
-    finally:
-        engine.dispose()
 
 
 def _time(field: str) -> Callable[[click.Context, click.Parameter, str | None], datetime | None]:
@@ -172,7 +161,7 @@ def export_command(
         filters = ExportFilter(vendor=vendor, project=project, since=since, until=until)
     except ExportError as error:
         raise click.BadParameter(error.message, param_hint=f"--{error.field}") from None
-    with _engine(config_path) as (_config, engine):
+    with database(config_path) as (_config, engine):
         _record(
             engine,
             actor=actor,
@@ -207,7 +196,7 @@ def _load_anchors(path: str) -> list[Checkpoint]:
 
 
 def _print_report(report: VerifyReport) -> None:
-    scope = f" from {report.since.isoformat()} on" if report.since else ""
+    scope = f" from {rfc3339(report.since)} on" if report.since else ""
     click.echo(
         f"verified {report.rows} rows in {report.chains} chains{scope} against "
         f"{report.checkpoints} signed checkpoints"
@@ -256,7 +245,7 @@ def _print_report(report: VerifyReport) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="trust only these public keys (a JWKS exported earlier), not the database's",
 )
-@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@json_option
 @friendly_errors()
 def verify_command(
     config_path: str | None,
@@ -270,7 +259,7 @@ def verify_command(
 
     anchors = _load_anchors(anchor_path) if anchor_path else []
     keys = _pinned_keys(jwks_path)
-    with _engine(config_path) as (_config, engine):
+    with database(config_path) as (_config, engine):
         if sys.stderr.isatty() and not as_json:
             from gateway.audit.export import ExportFilter, count_rows
 
@@ -282,7 +271,7 @@ def verify_command(
         else:
             report = verify_log(engine, since=since, anchors=anchors, keys=keys)
     if as_json:
-        click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+        print_json(report.as_json())
     else:
         _print_report(report)
     if not report.ok:
@@ -327,7 +316,7 @@ def checkpoint_export(config_path: str | None, since: datetime | None, output: s
 
     count = 0
     with (
-        _engine(config_path) as (_config, engine),
+        database(config_path) as (_config, engine),
         engine.connect() as connection,
         _output(output) as out,
     ):
@@ -357,6 +346,7 @@ def checkpoint_export(config_path: str | None, since: datetime | None, output: s
 )
 @click.option("--reason", default="retention", show_default=True, help="recorded with the prune")
 @_actor_option
+@json_option
 @friendly_errors()
 def prune_command(
     config_path: str | None,
@@ -365,6 +355,7 @@ def prune_command(
     checkpoint_output: str | None,
     reason: str,
     actor: str,
+    as_json: bool,
 ) -> None:
     """Remove old access rows without breaking verification of what remains."""
     from gateway.audit.seal import (
@@ -377,23 +368,42 @@ def prune_command(
     from gateway.audit.verify import verify_log
     from gateway.keys import gateway_keys
 
-    with _engine(config_path) as (config, engine):
+    with database(config_path) as (config, engine):
         if before is None:
             if not config.audit.retention_days:
                 raise click.UsageError("give --before, or set [audit] retention_days")
             before = datetime.now(UTC) - timedelta(days=config.audit.retention_days)
         plans = plan_prune(engine, before)
         total = sum(plan.rows for plan in plans)
-        click.echo(f"rows older than {before.isoformat()}: {total} in {len(plans)} chains")
+        outcome: dict[str, Any] = {
+            "before": before,
+            "rows": total,
+            "chains": [
+                {
+                    "chain_id": plan.chain_id,
+                    "first_seq": plan.first_seq,
+                    "upto_seq": plan.upto_seq,
+                    "rows": plan.rows,
+                    "oldest": plan.oldest,
+                    "newest": plan.newest,
+                }
+                for plan in plans
+            ],
+            "deleted": 0,
+            "checkpoint_file": None,
+        }
+        say = (lambda _text: None) if as_json else click.echo
+        say(f"rows older than {rfc3339(before)}: {total} in {len(plans)} chains")
         for plan in plans:
-            click.echo(
+            say(
                 f"  chain {plan.chain_id}: seq {plan.first_seq}..{plan.upto_seq} "
-                f"({plan.rows} rows, {plan.oldest.isoformat()} .. {plan.newest.isoformat()})"
+                f"({plan.rows} rows, {rfc3339(plan.oldest)} .. {rfc3339(plan.newest)})"
             )
-        if not plans:
-            return
-        if not confirm:
-            click.echo("nothing deleted: run again with --confirm to prune")
+        if not plans or not confirm:
+            if plans:
+                say("nothing deleted: run again with --confirm to prune")
+            if as_json:
+                print_json(outcome)
             return
         report = verify_log(engine, chains=[plan.chain_id for plan in plans])
         if not report.ok:
@@ -409,13 +419,13 @@ def prune_command(
                 out.write(line)
             for line in checkpoint_lines(iter(checkpoints)):
                 out.write(line)
-        click.echo(f"checkpoints of the pruned rows written to {path}")
+        say(f"checkpoints of the pruned rows written to {path}")
         _record(
             engine,
             actor=actor,
             action="audit.prune",
             target={
-                "before": before.isoformat(),
+                "before": rfc3339(before),
                 "rows": total,
                 "chains": {plan.chain_id: [plan.first_seq, plan.upto_seq] for plan in plans},
                 "checkpoint_file": str(Path(path).resolve()),
@@ -424,4 +434,7 @@ def prune_command(
         )
         with _progress(total, "pruning") as bar:
             deleted = apply_prune(engine, checkpoints, on_batch=lambda _c, rows: bar.update(rows))
+    if as_json:
+        print_json({**outcome, "deleted": deleted, "checkpoint_file": str(Path(path).resolve())})
+        return
     click.echo(f"pruned {deleted} rows; the remaining log still verifies against its checkpoints")

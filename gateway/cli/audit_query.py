@@ -20,15 +20,15 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import orjson
 
-from gateway.cli import _load, config_option
+from gateway.cli import config_option, database
 from gateway.cli.audit import audit_group
+from gateway.cli.output import json_option, print_json, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,7 +58,7 @@ _TABLE_ACCESS = (
 def _errors(function: F) -> F:
     """Query and manifest errors, and the database errors the policy CLI knows, as one
     `Error: ...` line and exit status 1."""
-    from gateway.cli.policy import friendly_errors
+    from gateway.cli.errors import friendly_errors
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,18 +75,6 @@ def _errors(function: F) -> F:
     return friendly_errors()(wrapper)  # type: ignore[return-value]
 
 
-@contextmanager
-def _engine(config_path: str | None) -> Iterator[Any]:
-    from gateway.db.session import make_engine
-
-    config = _load(config_path)
-    engine = make_engine(config.database_url, pool_size=2)
-    try:
-        yield config, engine
-    finally:
-        engine.dispose()
-
-
 actor_option = click.option(
     "--actor",
     default=lambda: os.environ.get("USER", "cli"),
@@ -95,10 +83,32 @@ actor_option = click.option(
 )
 
 
-def _output_format(value: str) -> str:
-    if value not in OUTPUT_FORMATS:
-        raise click.ClickException(f"format: {value!r} is not one of {', '.join(OUTPUT_FORMATS)}")
-    return value
+def output_options(function: F) -> F:
+    """--json (one document), --jsonl (one event per line, for large pipes), else a table."""
+    function = click.option(
+        "--format",
+        "legacy_format",
+        default=None,
+        hidden=True,
+        help="deprecated: jsonl, json or table",
+    )(function)
+    function = click.option(
+        "--jsonl", "as_jsonl", is_flag=True, help="one JSON object per line (streams)"
+    )(function)
+    return json_option(function)
+
+
+def _output_format(as_json: bool, as_jsonl: bool, legacy: str | None) -> str:
+    if legacy is not None:
+        if legacy not in OUTPUT_FORMATS:
+            raise click.ClickException(
+                f"format: {legacy!r} is not one of {', '.join(OUTPUT_FORMATS)}"
+            )
+        click.echo("note: --format is deprecated here; use --json or --jsonl", err=True)
+        return legacy
+    if as_json and as_jsonl:
+        raise click.ClickException("--jsonl: give --json or --jsonl, not both")
+    return "json" if as_json else "jsonl" if as_jsonl else "table"
 
 
 def _cell(value: Any, width: int) -> str:
@@ -119,7 +129,7 @@ def _print_jsonl(rows: Iterable[dict[str, Any]]) -> int:
     count = 0
     out = sys.stdout
     for row in rows:
-        out.write(orjson.dumps(row).decode() + "\n")
+        out.write(to_json(row, indent=False) + "\n")
         count += 1
     out.flush()
     return count
@@ -131,11 +141,11 @@ def _print_json_object(key: str, rows: Iterable[dict[str, Any]], **tail: Any) ->
     out.write(f'{{"{key}": [')
     count = 0
     for row in rows:
-        out.write(("," if count else "") + "\n  " + orjson.dumps(row).decode())
+        out.write(("," if count else "") + "\n  " + to_json(row, indent=False))
         count += 1
     out.write("\n]" if count else "]")
     for name, value in tail.items():
-        out.write(f', "{name}": {orjson.dumps(value).decode()}')
+        out.write(f', "{name}": {to_json(value, indent=False)}')
     out.write("}\n")
     out.flush()
     return count
@@ -160,12 +170,14 @@ def _print_json_object(key: str, rows: Iterable[dict[str, Any]], **tail: Any) ->
 @click.option("--limit", help="events per page, 1..1000 (default 100)")
 @click.option("--cursor", help="continue after this cursor (printed after a page)")
 @click.option("--all", "all_pages", is_flag=True, help="every matching event, page after page")
-@click.option("--format", "fmt", default="jsonl", show_default=True, help="jsonl, json or table")
+@output_options
 @actor_option
 @_errors
 def query_command(
     config_path: str | None,
-    fmt: str,
+    as_json: bool,
+    as_jsonl: bool,
+    legacy_format: str | None,
     all_pages: bool,
     actor: str,
     **options: str | None,
@@ -173,10 +185,10 @@ def query_command(
     """Events of the access log matching the filters, sorted by time."""
     from gateway.audit import query
 
-    fmt = _output_format(fmt)
+    fmt = _output_format(as_json, as_jsonl, legacy_format)
     params = {name: value for name, value in options.items() if value is not None}
     wanted = query.parse_event_query(params)
-    with _engine(config_path) as (_config, db):
+    with database(config_path) as (_config, db):
         first = query.query_events(db, wanted.filter, limit=wanted.limit, cursor=wanted.cursor)
         echo = wanted.filter.as_dict() | {"limit": wanted.limit}
         if wanted.cursor is not None:
@@ -215,16 +227,23 @@ def query_command(
 @audit_group.command("record")
 @config_option
 @click.argument("record_id")
-@click.option("--format", "fmt", default="jsonl", show_default=True, help="jsonl, json or table")
+@output_options
 @actor_option
 @_errors
-def record_command(config_path: str | None, record_id: str, fmt: str, actor: str) -> None:
+def record_command(
+    config_path: str | None,
+    record_id: str,
+    as_json: bool,
+    as_jsonl: bool,
+    legacy_format: str | None,
+    actor: str,
+) -> None:
     """Every access to one record: who, vendor, when, decision, policy version, hash."""
     from gateway.audit import query
 
-    fmt = _output_format(fmt)
+    fmt = _output_format(as_json, as_jsonl, legacy_format)
     wanted = query.parse_record_query(record_id, {})
-    with _engine(config_path) as (_config, db):
+    with database(config_path) as (_config, db):
         first = query.record_provenance(db, wanted)
         query.log_read(
             db,
@@ -269,12 +288,14 @@ def record_command(config_path: str | None, record_id: str, fmt: str, actor: str
 @click.option(
     "--format", "fmt", default=None, help="manifest format: csv or jsonl (default: by suffix)"
 )
+@json_option
 @actor_option
 @_errors
 def exposure_command(
     config_path: str | None,
     manifest_path: str | None,
     fmt: str | None,
+    as_json: bool,
     actor: str,
     **options: str | None,
 ) -> None:
@@ -288,7 +309,7 @@ def exposure_command(
     elif fmt is not None:
         raise click.ClickException("format: only applies with --manifest")
     wanted = exposure.parse_exposure_query(params, manifest=manifest_path is not None)
-    with _engine(config_path) as (config, db):
+    with database(config_path) as (config, db):
         report = exposure.exposure_report(db, wanted, catalogue_upstream=config.catalogue.upstream)
         result: dict[str, Any] = {
             "distinct_records": report["totals"]["distinct_records"],
@@ -301,7 +322,10 @@ def exposure_command(
         query.log_read(
             db, actor=actor, action="audit.exposure", query=wanted.as_dict(), result=result
         )
-    click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    if as_json:
+        print_json(report)
+    else:
+        _print_exposure(report)
     if document is not None:
         click.echo(
             f"manifest: {manifest_path} ({document['records']} records, {document['bytes']} "
@@ -309,6 +333,20 @@ def exposure_command(
             f"(Ed25519, key {document['kid']})",
             err=True,
         )
+
+
+def _print_exposure(report: dict[str, Any]) -> None:
+    totals = report["totals"]
+    window = report["query"]
+    click.echo(
+        f"{totals['distinct_records']} distinct records received by {totals['contractors']}"
+        f" contractors from {window.get('since', '-')} until {window.get('until', '-')}"
+    )
+    columns = [("project", 16), ("task", 12), ("distinct_records", 16), ("contractors", 11)]
+    rows = [{name: group.get(name) for name, _ in columns} for group in report["projects"]]
+    if rows:
+        _print_table(rows, tuple(columns))
+    click.echo("(the whole report, with contractors and shares: --json)", err=True)
 
 
 def _write_signed_manifest(config: Any, db: Any, wanted: Any, path: Path) -> dict[str, Any]:
@@ -347,9 +385,14 @@ def _write_signed_manifest(config: Any, db: Any, wanted: Any, path: Path) -> dic
     type=click.Path(exists=True, dir_okay=False),
     help="trust only these public keys (a JWKS exported earlier), not the database's",
 )
+@json_option
 @_errors
 def verify_manifest_command(
-    config_path: str | None, manifest_path: str, signature_path: str | None, jwks_path: str | None
+    config_path: str | None,
+    manifest_path: str,
+    signature_path: str | None,
+    jwks_path: str | None,
+    as_json: bool,
 ) -> None:
     """Check a manifest against its detached signature and the gateway's keys."""
     from gateway.audit import manifest
@@ -369,9 +412,22 @@ def verify_manifest_command(
             raise click.ClickException(str(error)) from None
         digest = manifest.verify_manifest(ring, path, document)
     else:
-        with _engine(config_path) as (config, db):
+        with database(config_path) as (config, db):
             ring = GatewayKeys(db, audience=config.upstream.url).key_ring()
             digest = manifest.verify_manifest(ring, path, document)
+    if as_json:
+        print_json(
+            {
+                "valid": True,
+                "manifest": str(path),
+                "sha256": digest,
+                "kid": document["kid"],
+                "query": document.get("query"),
+                "generated_at": document.get("generated_at"),
+                "keys_pinned": ring.pinned,
+            }
+        )
+        return
     query = orjson.dumps(document.get("query")).decode() if document.get("query") else "-"
     click.echo(
         f"valid: {path} (sha256 {digest}) is signed by gateway key {document['kid']}; "

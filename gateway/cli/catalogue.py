@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
-import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
-from gateway.cli import _load, config_option
-from gateway.config import Config
-
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
-
-
-@contextmanager
-def _engine(config_path: str | None) -> Iterator[tuple[Config, Engine]]:
-    from gateway.db.session import make_engine
-
-    config = _load(config_path)
-    engine = make_engine(config.database_url, pool_size=2)
-    try:
-        yield config, engine
-    finally:
-        engine.dispose()
+from gateway.cli import config_option, database
+from gateway.cli.output import json_option, print_json
 
 
 class _PageProgress:
@@ -58,7 +41,7 @@ class _PageProgress:
 def _report(summary: Any, as_json: bool) -> None:
     data = summary.as_dict()
     if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        print_json(data)
     else:
         what = "resumed run" if data["resumed"] else "run"
         click.echo(
@@ -106,7 +89,7 @@ def sync_command(
     """
     from gateway.catalogue.sync import CatalogueError, sync
 
-    with _engine(config_path) as (config, engine):
+    with database(config_path) as (config, engine):
         chosen = (
             list(projects)
             or list(config.catalogue.projects)
@@ -151,7 +134,7 @@ def import_command(
     if not KIND.match(kind):
         raise click.BadParameter("lower-case letters, digits, '_' or '-'", param_hint="--kind")
     progress = _PageProgress(enabled=not as_json)
-    with _engine(config_path) as (config, engine), open(file, "rb") as handle:
+    with database(config_path) as (config, engine), open(file, "rb") as handle:
         try:
             summary = import_file(
                 engine,
@@ -177,7 +160,7 @@ def status_command(config_path: str | None, as_json: bool) -> None:
     from gateway.catalogue.store import CatalogueStore
     from gateway.db.models import CatalogueRun
 
-    with _engine(config_path) as (config, engine):
+    with database(config_path) as (config, engine):
         store = CatalogueStore(engine, config.catalogue.upstream)
         sizes = store.kind_sizes()
         with engine.connect() as connection:
@@ -206,8 +189,8 @@ def status_command(config_path: str | None, as_json: bool) -> None:
                 "run": run.id,
                 "command": run.command,
                 "status": run.status,
-                "started_at": run.started_at.isoformat() if run.started_at else None,
-                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
                 "seen": run.seen,
                 "added": run.added,
                 "moved": run.moved,
@@ -218,7 +201,7 @@ def status_command(config_path: str | None, as_json: bool) -> None:
         ],
     }
     if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        print_json(data)
         return
     if not sizes:
         click.echo(f"the catalogue of upstream {data['upstream']!r} is empty")
@@ -243,7 +226,7 @@ def lookup_command(
     """Where the catalogue places these records (absent: unknown)."""
     from gateway.catalogue.store import CatalogueStore
 
-    with _engine(config_path) as (config, engine):
+    with database(config_path) as (config, engine):
         found = CatalogueStore(engine, config.catalogue.upstream).lookup(kind, record_ids)
     data = {
         record_id: (
@@ -254,7 +237,7 @@ def lookup_command(
         for record_id in record_ids
     }
     if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        print_json(data)
         return
     for record_id, place in data.items():
         where = (

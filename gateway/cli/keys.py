@@ -17,8 +17,10 @@ from pathlib import Path
 import click
 import orjson
 
-from gateway.cli import _load, config_option
-from gateway.cli.policy import friendly_errors, print_json, print_table
+from gateway.cli import _load, config_option, database
+from gateway.cli.errors import friendly_errors
+from gateway.cli.output import json_option, print_json, print_table
+from gateway.timestamps import rfc3339
 
 
 def _actor() -> str:
@@ -32,7 +34,8 @@ def keys_group() -> None:
 
 @keys_group.command("generate")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
-def generate_command(out_path: str) -> None:
+@json_option
+def generate_command(out_path: str, as_json: bool) -> None:
     """Write a new Ed25519 private key (PEM, mode 0600); print its kid."""
     from gateway.keys.signer import generate_key_file
 
@@ -42,7 +45,10 @@ def generate_command(out_path: str) -> None:
         raise click.ClickException(f"{out_path} exists; not overwriting a key") from None
     except OSError as error:
         raise click.ClickException(f"cannot write {out_path}: {error.strerror}") from None
-    click.echo(f"{kid}  {out_path}")
+    if as_json:
+        print_json({"kid": kid, "file": out_path})
+    else:
+        click.echo(f"{kid}  {out_path}")
 
 
 def _signer(config_path: str | None, key_file: str | None):  # type: ignore[no-untyped-def]
@@ -62,16 +68,17 @@ def _signer(config_path: str | None, key_file: str | None):  # type: ignore[no-u
 @config_option
 @click.option("--key-file", type=click.Path(dir_okay=False), help="(default: [keys])")
 @click.option("--reason", default="register the gateway's signing key", show_default=True)
+@json_option
 @friendly_errors()
-def register_command(config_path: str | None, key_file: str | None, reason: str) -> None:
+def register_command(
+    config_path: str | None, key_file: str | None, reason: str, as_json: bool
+) -> None:
     """Register the public half of the configured (or given) key, valid from now."""
-    from gateway.db.session import make_engine
     from gateway.keys.registry import register_key
     from gateway.policy.store import record_admin_event
 
     config, signer = _signer(config_path, key_file)
-    engine = make_engine(config.database_url, pool_size=1)
-    try:
+    with database(config_path, pool_size=1) as (_config, engine):
         added = register_key(engine, signer, source="signer" if config.keys.signer else "file")
         if added:
             with engine.begin() as connection:
@@ -83,9 +90,10 @@ def register_command(config_path: str | None, key_file: str | None, reason: str)
                     reason=reason,
                     after=signer.public_jwk(),
                 )
-    finally:
-        engine.dispose()
-    click.echo(f"{'registered' if added else 'already registered'}: {signer.kid}")
+    if as_json:
+        print_json({"kid": signer.kid, "registered": added})
+    else:
+        click.echo(f"{'registered' if added else 'already registered'}: {signer.kid}")
 
 
 @keys_group.command("rotate")
@@ -99,20 +107,19 @@ def register_command(config_path: str | None, key_file: str | None, reason: str)
     help="how long the keys in use stay valid beside the new one",
 )
 @click.option("--reason", default="key rotation", show_default=True)
+@json_option
 @friendly_errors()
 def rotate_command(
-    config_path: str | None, new_key_file: str, overlap_hours: float, reason: str
+    config_path: str | None, new_key_file: str, overlap_hours: float, reason: str, as_json: bool
 ) -> None:
     """Register a new key and retire every other one after the overlap. Then point
     [keys] signing_key_file at the new file and reload every instance within it."""
-    from gateway.db.session import make_engine
     from gateway.keys.registry import register_key, retire_others
     from gateway.policy.store import record_admin_event
 
-    config, signer = _signer(config_path, new_key_file)
+    _config, signer = _signer(config_path, new_key_file)
     until = datetime.now(UTC) + timedelta(hours=overlap_hours)
-    engine = make_engine(config.database_url, pool_size=1)
-    try:
+    with database(config_path, pool_size=1) as (_config, engine):
         register_key(engine, signer, source="file")
         retired = retire_others(engine, signer.kid, until)
         with engine.begin() as connection:
@@ -122,14 +129,15 @@ def rotate_command(
                 action="keys.rotate",
                 target=signer.kid,
                 reason=reason,
-                before={"retiring": retired, "at": until.isoformat()},
+                before={"retiring": retired, "at": rfc3339(until)},
                 after=signer.public_jwk(),
             )
-    finally:
-        engine.dispose()
+    if as_json:
+        print_json({"kid": signer.kid, "retiring": retired, "retired_at": until})
+        return
     click.echo(f"new key {signer.kid} valid from now")
     for kid in retired:
-        click.echo(f"key {kid} valid until {until.isoformat().replace('+00:00', 'Z')}")
+        click.echo(f"key {kid} valid until {rfc3339(until)}")
     click.echo(
         f"next: set [keys] signing_key_file = {str(Path(new_key_file).resolve())!r} and"
         " reload every gateway instance before the overlap ends"
@@ -138,19 +146,14 @@ def rotate_command(
 
 @keys_group.command("list")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @friendly_errors()
 def list_command(config_path: str | None, as_json: bool) -> None:
     """Every registered key and when it is valid."""
-    from gateway.db.session import make_engine
     from gateway.keys.registry import registered_keys
 
-    config = _load(config_path)
-    engine = make_engine(config.database_url, pool_size=1)
-    try:
+    with database(config_path, pool_size=1) as (_config, engine):
         keys = [key.as_dict() for key in registered_keys(engine)]
-    finally:
-        engine.dispose()
     if as_json:
         print_json(keys)
         return
@@ -167,15 +170,10 @@ def list_command(config_path: str | None, as_json: bool) -> None:
 def export_jwks_command(config_path: str | None, out_path: str | None) -> None:
     """The public keys as a JWKS, to keep where the database cannot change it and pin
     with `gateway audit verify --jwks` / `verify-manifest --jwks`."""
-    from gateway.db.session import make_engine
     from gateway.keys.registry import registered_keys
 
-    config = _load(config_path)
-    engine = make_engine(config.database_url, pool_size=1)
-    try:
+    with database(config_path, pool_size=1) as (_config, engine):
         document = {"keys": [key.jwk for key in registered_keys(engine)]}
-    finally:
-        engine.dispose()
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
     if out_path:
         Path(out_path).write_bytes(data)

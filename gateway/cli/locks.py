@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gateway.cli import _load, config_option
-from gateway.cli.policy import friendly_errors, print_json, print_table
+from gateway.cli import config_option, database
+from gateway.cli.errors import friendly_errors
+from gateway.cli.output import json_option, print_json, print_table
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from gateway.config import Config
 
 KINDS = ("vendor", "contractor", "issuer", "project")
@@ -42,18 +41,6 @@ def register_lock_commands(main: click.Group) -> None:
 
 
 # --- plumbing -----------------------------------------------------------------------------
-
-
-@contextmanager
-def lock_store(config_path: str | None) -> Iterator[tuple[Config, Engine]]:
-    from gateway.db.session import make_engine
-
-    config = _load(config_path)
-    engine = make_engine(config.database_url, pool_size=1)
-    try:
-        yield config, engine
-    finally:
-        engine.dispose()
 
 
 @contextmanager
@@ -185,7 +172,7 @@ actor_option = click.option(
     " recorded as forced",
 )
 @actor_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @friendly_errors(db_prefix="could not store the lock: ")
 def lock_command(
     config_path: str | None,
@@ -225,7 +212,7 @@ def lock_command(
         raise fail('--reason is required: say why, e.g. --reason "vendor breach, ticket 4711"')
     with refusals():
         duration = parse_ttl(ttl) if ttl is not None else None
-        with lock_store(config_path) as (config, engine):
+        with database(config_path, pool_size=1) as (config, engine):
             problem = check_target(config, kind, target)
             if problem:
                 raise fail(f"TARGET: {problem}")
@@ -272,7 +259,7 @@ def lock_command(
 @click.argument("lock_id", required=False, metavar="LOCK_ID")
 @click.option("--reason", help="why it is lifted (required)")
 @actor_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @friendly_errors(db_prefix="could not lift the lock: ")
 def unlock_command(
     config_path: str | None, lock_id: str | None, reason: str | None, actor: str, as_json: bool
@@ -283,7 +270,7 @@ def unlock_command(
     number = parse_lock_id(lock_id)
     if reason is None or not reason.strip():
         raise fail("--reason is required: say why the lock is lifted")
-    with refusals(), lock_store(config_path) as (_config, engine):
+    with refusals(), database(config_path, pool_size=1) as (_config, engine):
         lock = lift_lock(engine, number, actor=actor, reason=reason)
         others = [
             other
@@ -301,13 +288,13 @@ def unlock_command(
 @click.command("locks", short_help="List the locks in force (--all: lifted, expired too).")
 @config_option
 @click.option("--all", "include_all", is_flag=True, help="also lifted and expired locks")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @friendly_errors(db_prefix="could not read the locks: ")
 def locks_command(config_path: str | None, include_all: bool, as_json: bool) -> None:
     """The locks in force, newest first (with --all, the whole history)."""
     from gateway.lockout import list_locks
 
-    with lock_store(config_path) as (_config, engine):
+    with database(config_path, pool_size=1) as (_config, engine):
         locks = list_locks(engine, include_inactive=include_all)
     if as_json:
         print_json({"locks": [lock_row(lock) for lock in locks]})

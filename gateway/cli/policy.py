@@ -9,20 +9,25 @@ a traceback.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from gateway.cli import _load, config_option
+from gateway.cli.errors import friendly_errors, refuse
+from gateway.cli.output import (
+    format_span,
+    format_time,
+    json_option,
+    print_json,
+    print_table,
+)
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -30,75 +35,6 @@ if TYPE_CHECKING:
     from gateway.policy.rules import Rule
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-SCHEMA_MISSING = "the database has no gateway schema; run `gateway db upgrade`"
-
-
-# --- errors ----------------------------------------------------------------------------
-
-
-def describe_error(error: BaseException) -> str | None:
-    """A one-line message for an error an admin can act on; None for anything else."""
-    from sqlalchemy import exc as sa
-
-    from gateway.policy.admin import PolicyValidationError
-    from gateway.policy.rules import PolicyFileError
-    from gateway.policy.store import StaleVersion
-
-    if isinstance(error, PolicyValidationError):
-        return "; ".join(f"{field}: {message}" for field, message in error.errors.items())
-    if isinstance(error, StaleVersion):
-        return f"policy changed since version {error.base} (now {error.current}); re-read and retry"
-    if isinstance(error, PolicyFileError):
-        return str(error)
-    if isinstance(error, UnicodeDecodeError):
-        return f"the file is not UTF-8 text ({error.reason} at byte {error.start})"
-    if isinstance(error, sa.ArgumentError):
-        return f"database.url is not usable: {error}"
-    if isinstance(error, sa.DBAPIError) and (
-        "no such table" in str(error.orig) or type(error.orig).__name__ == "UndefinedTable"
-    ):
-        return SCHEMA_MISSING
-    if isinstance(error, sa.OperationalError | sa.InterfaceError):
-        detail = str(error.orig).strip().splitlines()
-        return "database unreachable" + (f" ({detail[0]})" if detail else "")
-    if isinstance(error, sa.SQLAlchemyError):
-        return f"database error: {type(error).__name__}"
-    if isinstance(error, OSError):
-        return f"{error.strerror or type(error).__name__}: {error.filename or ''}".rstrip(": ")
-    return None
-
-
-def friendly_errors(*, db_prefix: str = "") -> Callable[[F], F]:
-    """Turn the errors an admin can cause into `Error: <message>` and exit status 1."""
-
-    def decorate(function: F) -> F:
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from sqlalchemy.exc import SQLAlchemyError
-
-            try:
-                return function(*args, **kwargs)
-            except (click.ClickException, click.exceptions.Exit, click.Abort):
-                raise
-            except Exception as error:
-                message = describe_error(error)
-                if message is None:
-                    message = f"unexpected error: {type(error).__name__}: {error}"
-                elif isinstance(error, SQLAlchemyError):
-                    message = db_prefix + message
-                raise click.ClickException(message) from None
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
-
-
-def refuse(field: str, message: str) -> NoReturn:
-    """Refuse bad command-line input the same way the service layer refuses a change."""
-    from gateway.policy.admin import PolicyValidationError
-
-    raise PolicyValidationError({field: message})
 
 
 # --- shared plumbing -------------------------------------------------------------------
@@ -118,7 +54,7 @@ def policy_admin(config_path: str | None) -> Iterator[PolicyAdmin]:
 
 
 def write_options(*, dry_run: bool = True) -> Callable[[F], F]:
-    """--reason (required), --actor, --base-version and maybe --dry-run."""
+    """--reason (required), --actor, --base-version, --json and maybe --dry-run."""
 
     def decorate(function: F) -> F:
         options = [
@@ -137,6 +73,7 @@ def write_options(*, dry_run: bool = True) -> Callable[[F], F]:
                 default=None,
                 help="refuse the change unless the policy is still at this version",
             ),
+            json_option,
         ]
         if dry_run:
             options.append(
@@ -239,7 +176,10 @@ def read_text(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-def print_change(result: ChangeResult, done: str) -> None:
+def print_change(result: ChangeResult, done: str, as_json: bool = False) -> None:
+    if as_json:
+        print_json({**result.as_dict(), "dry_run": result.version is None})
+        return
     for line in result.removed:
         click.echo(f"- {line}")
     for line in result.added:
@@ -251,33 +191,6 @@ def print_change(result: ChangeResult, done: str) -> None:
         )
     else:
         click.echo(f"{done} as policy version {result.version}")
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=False))
-
-
-def format_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def format_datetime(value: datetime) -> str:
-    """Stored times are UTC; SQLite hands them back without a zone."""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def format_span(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{max(minutes, 1)}m"
 
 
 def rule_kind(rule: Rule) -> str:
@@ -311,15 +224,6 @@ def rule_row(rule: Rule, now: float) -> dict[str, Any]:
         "in_force": rule.in_force(now),
         "rule": rule.to_csv_line(),
     }
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    for row in [headers, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        click.echo("  ".join(cells).rstrip())
 
 
 # --- the group -------------------------------------------------------------------------
@@ -359,6 +263,7 @@ def policy_grant(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    as_json: bool,
     new_project: bool,
 ) -> None:
     """Give a contractor (--sub) or a whole vendor (--vendor) a role or an action.
@@ -382,7 +287,7 @@ def policy_grant(
             dry_run=dry_run,
             new_project=new_project,
         )
-    print_change(result, "granted")
+    print_change(result, "granted", as_json)
 
 
 @policy_group.command("deny")
@@ -412,6 +317,7 @@ def policy_deny(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    as_json: bool,
     new_project: bool,
 ) -> None:
     """Deny an action explicitly; a deny overrides every allow."""
@@ -431,7 +337,7 @@ def policy_deny(
             dry_run=dry_run,
             new_project=new_project,
         )
-    print_change(result, "denied")
+    print_change(result, "denied", as_json)
 
 
 @policy_group.command("role")
@@ -455,6 +361,7 @@ def policy_role(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    as_json: bool,
     new_project: bool,
 ) -> None:
     """Define a role in a project (or add actions to it)."""
@@ -472,7 +379,7 @@ def policy_role(
             dry_run=dry_run,
             new_project=new_project,
         )
-    print_change(result, "defined")
+    print_change(result, "defined", as_json)
 
 
 @policy_group.command("revoke", short_help="Remove rules: lines as `list` prints, or a filter.")
@@ -503,6 +410,7 @@ def policy_revoke(
     actor: str,
     base_version: int | None,
     dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Remove rules, given as the lines `policy list` prints (RULE column), or chosen by
     --sub/--vendor and --project (and --task, --action).
@@ -535,7 +443,7 @@ def policy_revoke(
             result = admin.revoke(
                 actor=actor, reason=reason, lines=lines, base_version=base_version, dry_run=dry_run
             )
-    print_change(result, "revoked")
+    print_change(result, "revoked", as_json)
 
 
 @policy_group.command("list", short_help="List the rules, with their expiry.")
@@ -543,7 +451,7 @@ def policy_revoke(
 @click.option("--project", help="only this project")
 @click.option("--sub", help="only rules naming this contractor (<issuer>:<sub>)")
 @click.option("--vendor", help="only rules naming this vendor group")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @friendly_errors()
 def policy_list(
     config_path: str | None,
@@ -603,7 +511,7 @@ def policy_list(
 @click.option("--project", required=True)
 @click.option("--task", default="*", show_default=True, help="the task ('*' for routes without)")
 @click.option("--action", required=True)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @friendly_errors()
 def policy_explain(
     config_path: str | None,
@@ -691,262 +599,5 @@ def check_request(
     return vendor
 
 
-@policy_group.command("history", short_help="Recent versions: who, when, why.")
-@config_option
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@friendly_errors()
-def policy_history(config_path: str | None, limit: int, as_json: bool) -> None:
-    """The newest policy versions: who changed what, when and why."""
-    with policy_admin(config_path) as admin:
-        versions = admin.history(limit=limit)
-    if as_json:
-        print_json([version.as_dict() for version in versions])
-        return
-    if not versions:
-        click.echo("no policy versions yet")
-        return
-    print_table(
-        ["VERSION", "TIME", "ACTOR", "CHANGE", "REASON"],
-        [
-            [
-                str(v.id),
-                format_datetime(v.created_at),
-                v.actor,
-                f"+{len(v.added)} -{len(v.removed)}",
-                v.reason,
-            ]
-            for v in versions
-        ],
-    )
-
-
-@policy_group.command("diff", short_help="Rules added and removed between two versions.")
-@config_option
-@click.argument("older", type=click.IntRange(min=1))
-@click.argument("newer", type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@friendly_errors()
-def policy_diff(config_path: str | None, older: int, newer: int, as_json: bool) -> None:
-    """The rules added (+) and removed (-) going from version OLDER to NEWER."""
-    with policy_admin(config_path) as admin:
-        diff = admin.diff(older, newer)
-    if as_json:
-        print_json({"from": older, "to": newer, **diff})
-        return
-    click.echo(f"--- policy version {older}")
-    click.echo(f"+++ policy version {newer}")
-    for line in diff["removed"]:
-        click.echo(f"- {line}")
-    for line in diff["added"]:
-        click.echo(f"+ {line}")
-    if not diff["added"] and not diff["removed"]:
-        click.echo("(no differences)")
-
-
-@policy_group.command("rollback")
-@config_option
-@click.argument("version", type=click.IntRange(min=1))
-@write_options()
-@friendly_errors()
-def policy_rollback(
-    config_path: str | None,
-    version: int,
-    reason: str,
-    actor: str,
-    base_version: int | None,
-    dry_run: bool,
-) -> None:
-    """Make the policy equal to VERSION again, as a new version."""
-    from gateway.policy import render_csv, store
-
-    with policy_admin(config_path) as admin:
-        if dry_run:
-            # Preview through `apply`, which validates the target set the same way.
-            try:
-                target = store.rules_at(admin.db, version)
-            except KeyError:
-                refuse("version", f"no policy version {version}")
-            result = admin.apply(
-                actor=actor,
-                reason=reason,
-                text=render_csv(sorted(target)),
-                source=f"version {version}",
-                base_version=base_version,
-                dry_run=True,
-            )
-        else:
-            result = admin.rollback(
-                actor=actor, reason=reason, version=version, base_version=base_version
-            )
-    print_change(result, f"rolled back to version {version}")
-
-
-@policy_group.command("apply", short_help="Apply a reviewed policy file as one version.")
-@config_option
-@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False))
-@write_options()
-@click.option("--yes", "-y", is_flag=True, help="apply without asking for confirmation")
-@click.option("--allow-empty", is_flag=True, help="a file without rules empties the policy")
-@friendly_errors()
-def policy_apply(
-    config_path: str | None,
-    policy_file: str,
-    reason: str,
-    actor: str,
-    base_version: int | None,
-    dry_run: bool,
-    yes: bool,
-    allow_empty: bool,
-) -> None:
-    """Make a reviewed policy set (Casbin CSV) the whole policy, as one version.
-
-    Shows the difference first (+/- lines), then asks before applying it (unless --yes).
-    """
-    text = read_text(policy_file)
-    with policy_admin(config_path) as admin:
-        current, _ = admin.rules()
-        base = current if base_version is None else base_version
-        preview = admin.apply(
-            actor=actor,
-            reason=reason,
-            text=text,
-            source=policy_file,
-            base_version=base,
-            dry_run=True,
-        )
-        for line in preview.removed:
-            click.echo(f"- {line}")
-        for line in preview.added:
-            click.echo(f"+ {line}")
-        if not preview.added and not preview.removed:
-            click.echo(f"no changes: policy version {current} already matches {policy_file}")
-            return
-        if dry_run:
-            click.echo(
-                f"dry run: nothing stored (would add {len(preview.added)}, "
-                f"remove {len(preview.removed)} rules)"
-            )
-            return
-        if not yes:
-            click.confirm(
-                f"apply +{len(preview.added)} -{len(preview.removed)} rules "
-                f"as a new policy version?",
-                abort=True,
-            )
-        # Based on the version previewed: what was shown is exactly what gets applied.
-        # The admin saw the removals (and confirmed, or passed --yes).
-        result = admin.apply(
-            actor=actor,
-            reason=reason,
-            text=text,
-            source=policy_file,
-            base_version=base,
-            confirm_removals=True,
-            allow_empty=allow_empty,
-        )
-    click.echo(
-        f"applied {policy_file} as policy version {result.version} "
-        f"(+{len(result.added)} -{len(result.removed)})"
-    )
-
-
-@policy_group.command("import", short_help="Replace the rule set with a CSV file (for CI).")
-@config_option
-@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
-@click.option("--reason", required=True, help="why the policy changes (kept with the version)")
-@click.option(
-    "--base-version",
-    type=click.IntRange(min=0),
-    default=None,
-    help="refuse the change unless the policy is still at this version",
-)
-@click.option(
-    "--yes",
-    "-y",
-    is_flag=True,
-    help="confirm removing more than [policy] max_removal_share of the rules",
-)
-@click.option("--allow-empty", is_flag=True, help="a file without rules empties the policy")
-@friendly_errors(db_prefix="could not store the policy: ")
-def policy_import(
-    config_path: str | None,
-    csv_file: str,
-    actor: str,
-    reason: str,
-    base_version: int | None,
-    yes: bool,
-    allow_empty: bool,
-) -> None:
-    """Replace the whole rule set with CSV_FILE as one new policy version.
-
-    Validated like `apply`, without asking: for CI and the demo. Importing an unchanged
-    file still records a version. A file without rules is refused unless --allow-empty;
-    one that removes more than [policy] max_removal_share of the rules (a truncated or
-    wrong file) prints the removals and is refused unless --yes.
-    """
-    from gateway.policy import parse_csv, store
-    from gateway.policy.admin import PolicyValidationError
-
-    text = read_text(csv_file)
-    rules = parse_csv(text, source=csv_file)
-    with policy_admin(config_path) as admin:
-        current, in_force = admin.rules()
-        base = current if base_version is None else base_version
-        preview = admin.apply(
-            actor=actor, reason=reason, text=text, source=csv_file, base_version=base, dry_run=True
-        )
-        try:
-            admin.check_removals(
-                len(set(rules)),
-                len(preview.removed),
-                len(set(in_force)),
-                confirmed=yes,
-                allow_empty=allow_empty,
-            )
-        except PolicyValidationError:
-            for line in preview.removed[:50]:
-                click.echo(f"- {line}", err=True)
-            if len(preview.removed) > 50:
-                click.echo(f"  ... and {len(preview.removed) - 50} more", err=True)
-            raise
-        version = store.replace_rules(
-            admin.db, rules, actor=actor, reason=reason, action="policy.import", base_version=base
-        )
-    click.echo(
-        f"imported {len(rules)} rules as policy version {version} "
-        f"(+{len(preview.added)} -{len(preview.removed)})"
-    )
-
-
-@policy_group.command("export", short_help="Print the rules as Casbin CSV.")
-@config_option
-@friendly_errors(db_prefix="could not read the policy: ")
-def policy_export(config_path: str | None) -> None:
-    """Print the rules in force as Casbin CSV (read through sqlalchemy-adapter).
-
-    Time-boxed rules carry their validity window as one more field.
-    """
-    import casbin
-    from sqlalchemy_adapter import Adapter
-
-    from gateway.db.models import CasbinRule
-    from gateway.db.session import make_engine
-
-    config = _load(config_path)
-    model = casbin.Enforcer.new_model(path=config.policy.model)
-    engine = make_engine(config.database_url)
-    adapter = Adapter(engine, db_class=CasbinRule, create_table=False)
-    try:
-        adapter.load_policy(model)
-    except Exception as error:
-        detail = describe_error(error) or type(error).__name__
-        raise click.ClickException(f"could not read the policy: {detail}") from None
-    finally:
-        engine.dispose()
-    lines = []
-    for sec in ("p", "g"):
-        for ptype, assertion in model[sec].items():
-            lines.extend(", ".join([ptype, *rule]) for rule in assertion.policy)
-    click.echo("\n".join(sorted(lines)))
+# The version commands (history, diff, rollback, apply, import, export) register here.
+from gateway.cli import policy_versions  # noqa: E402, F401

@@ -79,5 +79,5 @@ def print_cli_environment(demo: Demo) -> None:
         f'  export PATH={bin_dir}:"$PATH"\n'
         f"or, the same: source {env_file}   (removed when the demo stops)\n"
         "  gateway policy list --project proj-2\n"
-        "  gateway audit query --vendor acme --format table"
+        "  gateway audit query --vendor acme"
     )

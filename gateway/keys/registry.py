@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.db.models import SigningKey
 from gateway.keys.signer import KeysError, Signer
+from gateway.timestamps import rfc3339
 
 # Clock difference allowed between a signer's clock and the key's validity bounds.
 VALIDITY_SLACK = timedelta(minutes=5)
@@ -52,7 +53,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _iso(moment: datetime) -> str:
-    return _aware(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(moment)
 
 
 def registered_keys(db: Engine) -> list[RegisteredKey]:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from gateway.config import Config
 from gateway.db.models import AccessEvent, CanaryRecord, Lock
 from gateway.policy.store import record_admin_event
+from gateway.timestamps import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def exposure_summary(
     total = denominators["total"]
     return {
         "window_days": days,
-        "since": since.isoformat(),
+        "since": rfc3339(since),
         "contractors": total_contractors,
         "distinct_records": distinct,
         "catalogue_records": total,
@@ -119,11 +120,7 @@ def exposure_summary(
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    return None if value is None else rfc3339(value)
 
 
 def create_lock(

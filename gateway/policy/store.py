@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.db.models import AdminEvent, CasbinRule, PolicyVersion
 from gateway.policy.rules import Rule, parse_window, validate_rule
+from gateway.timestamps import rfc3339
 
 NOTIFY_CHANNEL = "gateway_policy"
 
@@ -42,7 +43,7 @@ class VersionInfo:
     def as_dict(self) -> dict[str, Any]:
         return {
             "version": self.id,
-            "created_at": self.created_at.isoformat(),
+            "created_at": rfc3339(self.created_at),
             "actor": self.actor,
             "reason": self.reason,
             "summary": self.summary,
