@@ -41,13 +41,7 @@ def _json_http_error(error: HTTPException) -> Any:
 
 
 def create_app(config: Config) -> Flask:
-    from gateway.api import (
-        admin_blueprint,
-        alerts_blueprint,
-        audit_blueprint,
-        health_blueprint,
-        locks_blueprint,
-    )
+    from gateway.api import register_blueprints
     from gateway.services import build_services
 
     logging.basicConfig(
@@ -61,11 +55,7 @@ def create_app(config: Config) -> Flask:
     app.url_map.merge_slashes = False
     services = build_services(config)
     app.extensions["gateway"] = services
-    app.register_blueprint(locks_blueprint)
-    app.register_blueprint(admin_blueprint)
-    app.register_blueprint(audit_blueprint)
-    app.register_blueprint(alerts_blueprint)
-    app.register_blueprint(health_blueprint)
+    register_blueprints(app)
     app.register_error_handler(HTTPException, _json_http_error)
     app.wsgi_app = _Dispatcher(app.wsgi_app, services.pipeline)  # type: ignore[method-assign]
     return app

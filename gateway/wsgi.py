@@ -1,9 +1,11 @@
 """`gunicorn gateway.wsgi:app`: the WSGI entry point; the configuration comes from
 GATEWAY_CONFIG."""
 
-from gateway import create_app
+from gateway import create_app, server_errors
 from gateway.config import ConfigError, load_config
 from gateway.keys import KeysError
+
+server_errors.install()
 
 try:
     app = create_app(load_config())

@@ -19,7 +19,6 @@ import pytest
 import requests
 from flask import Flask
 
-from gateway.api.admin import admin_blueprint
 from gateway.api.openapi import OPENAPI_PATH, REQUESTS, document
 from tests.conftest import Gateway
 
@@ -701,17 +700,20 @@ def test_openapi_document_is_served_and_lists_every_endpoint(gateway: Gateway) -
 
 
 def test_openapi_document_describes_exactly_the_routes() -> None:
+    # The gateway's own routes, as its app registers them (the catch-all that answers 404
+    # for anything else under /_gateway/ aside).
+    from gateway.api import register_blueprints
+
     app = Flask(__name__)
-    app.register_blueprint(admin_blueprint)
+    register_blueprints(app)
     routes = {
         (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
         for rule in app.url_map.iter_rules()
-        if rule.rule.startswith("/_gateway/admin/")
+        if rule.rule.startswith("/_gateway/") and rule.endpoint != "health.unknown"
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
     }
     documented = {(path, method) for path, ops in document()["paths"].items() for method in ops}
     assert routes == documented
-    assert OPENAPI_PATH in {rule.rule for rule in app.url_map.iter_rules()}
     # Every $ref resolves.
     text = orjson.dumps(document()).decode()
     for ref in set(re.findall(r'"\$ref":"#/components/(\w+)/(\w+)"', text)):

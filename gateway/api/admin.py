@@ -14,7 +14,13 @@ from flask import Blueprint, current_app, jsonify, request
 
 from gateway.api import openapi
 from gateway.api.auth import ADMIN, actor, error_response, require_role
-from gateway.api.bodies import InvalidRequest, bad_request, json_body, use_json_bodies
+from gateway.api.bodies import (
+    InvalidRequest,
+    bad_request,
+    request_body,
+    request_query,
+    use_json_bodies,
+)
 from gateway.policy import store
 from gateway.policy.admin import PolicyAdmin, PolicyValidationError, subject_name
 from gateway.policy.rules import PolicyFileError, Rule, format_instant, parse_instant
@@ -64,19 +70,7 @@ def _admin() -> PolicyAdmin:
 
 
 def _body(schema: str, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request's JSON object, valid under REQUESTS[schema], or InvalidRequest."""
-    data = json_body(max_bytes)
-    errors = openapi.validate(data, openapi.REQUESTS[schema])
-    if errors:
-        raise InvalidRequest(errors)
-    return data
-
-
-def _query(schema: str) -> dict[str, Any]:
-    values, errors = openapi.parse_query(request.args.to_dict(flat=False), openapi.QUERIES[schema])
-    if errors:
-        raise InvalidRequest(errors)
-    return values
+    return request_body(schema, max_bytes)
 
 
 def _instant(body: dict[str, Any], name: str) -> float | None:
@@ -149,7 +143,7 @@ def _change(result: Any, *, created: int = 201) -> Any:
 @admin_blueprint.get("/policy")
 @require_role(ADMIN)
 def list_policy() -> Any:
-    query = _query("ListPolicyQuery")
+    query = request_query("ListPolicyQuery")
     version, rules = _admin().list_rules(
         project=query.get("project"), subject=query.get("subject"), vendor=query.get("vendor")
     )
@@ -159,7 +153,7 @@ def list_policy() -> Any:
 @admin_blueprint.get("/policy/versions")
 @require_role(ADMIN)
 def list_versions() -> Any:
-    query = _query("HistoryQuery")
+    query = request_query("HistoryQuery")
     versions = _admin().history(limit=query.get("limit", 50))
     return jsonify(versions=[version_json(info) for info in versions])
 
@@ -179,7 +173,7 @@ def get_version(version: int) -> Any:
 @admin_blueprint.get("/policy/diff")
 @require_role(ADMIN)
 def diff_versions() -> Any:
-    query = _query("DiffQuery")
+    query = request_query("DiffQuery")
     try:
         changes = _admin().diff(query["from"], query["to"])
     except PolicyValidationError as missing:
@@ -190,7 +184,7 @@ def diff_versions() -> Any:
 @admin_blueprint.get("/policy/explain")
 @require_role(ADMIN)
 def explain() -> Any:
-    query = _query("ExplainQuery")
+    query = request_query("ExplainQuery")
     explanation = _admin().explain(
         sub=query["sub"],
         vendor=query["vendor"],

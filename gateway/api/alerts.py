@@ -22,13 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.anomaly.config import DETECTORS, SEVERITIES
 from gateway.anomaly.store import (
-    MAX_LIMIT,
-    STATUSES,
     AlertError,
     AlertFilter,
     escalate_alert,
@@ -37,7 +34,13 @@ from gateway.anomaly.store import (
     update_alert,
 )
 from gateway.api.auth import ADMIN, AUDITOR, actor, error_response, require_role
-from gateway.api.bodies import InvalidRequest, bad_request, json_object, use_json_bodies
+from gateway.api.bodies import (
+    InvalidRequest,
+    bad_request,
+    request_body,
+    request_query,
+    use_json_bodies,
+)
 from gateway.lockout import LockError
 
 log = logging.getLogger(__name__)
@@ -47,18 +50,6 @@ alerts_blueprint = Blueprint("alerts", __name__, url_prefix="/_gateway/audit/ale
 MAX_BODY_BYTES = 64 * 1024
 use_json_bodies(alerts_blueprint)
 MAX_ALERT_ID = 2**31 - 1
-_LIST_PARAMS = (
-    "status",
-    "detector",
-    "severity",
-    "contractor",
-    "vendor",
-    "assignee",
-    "since",
-    "until",
-    "limit",
-    "before",
-)
 
 
 @alerts_blueprint.errorhandler(AlertError)
@@ -118,57 +109,27 @@ def _time(name: str, text: str, fields: dict[str, str]) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def _int(name: str, text: str, low: int, high: int, fields: dict[str, str]) -> int | None:
-    stripped = text.strip()
-    if not stripped.isascii() or not stripped.isdigit() or not low <= int(stripped) <= high:
-        fields[name] = f"must be a whole number from {low} to {high}"
-        return None
-    return int(stripped)
-
-
 def _list_query() -> tuple[AlertFilter, int, int | None]:
-    args = request.args
+    """Checked against the document's AlertListQuery, then the times parsed."""
+    values = request_query("AlertListQuery")
     fields: dict[str, str] = {}
-    for name in args:
-        if name not in _LIST_PARAMS:
-            fields[name[:100]] = f"unknown parameter (expected one of: {', '.join(_LIST_PARAMS)})"
-    for name in _LIST_PARAMS:
-        if name not in ("status", "detector") and len(args.getlist(name)) > 1:
-            fields[name] = "give it once"
-    statuses = args.getlist("status")
-    for status in statuses:
-        if status not in STATUSES:
-            fields["status"] = f"must be one of {', '.join(STATUSES)}"
-    detectors = args.getlist("detector")
-    for detector in detectors:
-        if detector not in DETECTORS:
-            fields["detector"] = f"must be one of {', '.join(DETECTORS)}"
-    severity = args.get("severity")
-    if severity is not None and severity not in SEVERITIES:
-        fields["severity"] = f"must be one of {', '.join(SEVERITIES)}"
-    text_filters = {}
-    for name in ("contractor", "vendor", "assignee"):
-        value = args.get(name)
-        if value is not None and (not value.strip() or len(value) > 512):
-            fields[name] = "must be 1..512 characters"
-        text_filters[name] = value
-    since = _time("since", args["since"], fields) if "since" in args else None
-    until = _time("until", args["until"], fields) if "until" in args else None
+    since = _time("since", values["since"], fields) if "since" in values else None
+    until = _time("until", values["until"], fields) if "until" in values else None
     if since and until and since >= until:
         fields["until"] = "must be after since"
-    limit = _int("limit", args["limit"], 1, MAX_LIMIT, fields) if "limit" in args else 100
-    before = _int("before", args["before"], 1, MAX_ALERT_ID, fields) if "before" in args else None
     if fields:
         raise InvalidRequest(fields)
     wanted = AlertFilter(
-        status=statuses or None,
-        detector=detectors or None,
-        severity=severity,
+        status=values.get("status") or None,
+        detector=values.get("detector") or None,
+        severity=values.get("severity"),
         since=since,
         until=until,
-        **text_filters,
+        contractor=values.get("contractor"),
+        vendor=values.get("vendor"),
+        assignee=values.get("assignee"),
     )
-    return wanted, limit or 100, before
+    return wanted, values.get("limit", 100), values.get("before")
 
 
 def _alert_id(alert_id: int) -> int:
@@ -199,9 +160,7 @@ def show(alert_id: int) -> Any:
 @alerts_blueprint.patch("/<int:alert_id>")
 @require_role(AUDITOR)
 def patch(alert_id: int) -> Any:
-    data = json_object(MAX_BODY_BYTES, ("status", "assignee", "notes"))
-    if not data:
-        raise InvalidRequest({"body": "give at least one of status, assignee, notes"})
+    data = request_body("AlertUpdate", MAX_BODY_BYTES)
     alert = update_alert(_db(), _alert_id(alert_id), actor=actor(), **data)
     return _json(alert)
 
@@ -211,33 +170,20 @@ def patch(alert_id: int) -> Any:
 def escalate(alert_id: int) -> Any:
     from gateway.api.locks import parse_ttl
 
-    data = json_object(MAX_BODY_BYTES, ("reason", "kind", "ttl"))
-    fields: dict[str, str] = {}
-    reason = data.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        fields["reason"] = "is required: say why"
-    elif len(reason) > 4000:
-        fields["reason"] = "must be at most 4000 characters"
-    kind = data.get("kind", "contractor")
-    if kind not in ("contractor", "vendor"):
-        fields["kind"] = "must be contractor or vendor"
+    data = request_body("EscalateRequest", MAX_BODY_BYTES)
+    reason, kind = data["reason"], data.get("kind", "contractor")
     ttl = None
     if data.get("ttl") is not None:
-        if not isinstance(data["ttl"], str):
-            fields["ttl"] = "must be a duration like 30m, 24h or 7d, or null"
-        else:
-            try:
-                ttl = parse_ttl(data["ttl"])
-            except LockError as error:
-                fields["ttl"] = error.message
-    if fields:
-        raise InvalidRequest(fields)
+        try:
+            ttl = parse_ttl(data["ttl"])
+        except LockError as error:
+            raise InvalidRequest({"ttl": error.message}) from None
     services = current_app.extensions["gateway"]
     alert, lock = escalate_alert(
         _db(),
         _alert_id(alert_id),
         actor=actor(),
-        reason=reason,  # type: ignore[arg-type]
+        reason=reason,
         kind=kind,
         ttl=ttl,
         exposure_days=services.config.lockout.exposure_days,

@@ -31,9 +31,11 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from gateway.api.auth import AUDITOR, actor, error_response, require_role
+from gateway.api.bodies import InvalidRequest, bad_request, request_query
 from gateway.audit import exposure, manifest, query
 
 audit_blueprint = Blueprint("audit", __name__, url_prefix="/_gateway/audit")
+audit_blueprint.register_error_handler(InvalidRequest, lambda error: bad_request(error.fields))
 
 _CHUNK = 64 * 1024
 
@@ -60,6 +62,7 @@ def _json(data: Any) -> Response:
 @audit_blueprint.get("/events")
 @require_role(AUDITOR)
 def events() -> Any:
+    request_query("EventQuery")
     wanted = query.parse_event_query(_args())
     db = _services().db
     page = query.query_events(db, wanted.filter, limit=wanted.limit, cursor=wanted.cursor)
@@ -76,6 +79,7 @@ def events() -> Any:
 @audit_blueprint.get("/records/<path:record_id>")
 @require_role(AUDITOR)
 def record(record_id: str) -> Any:
+    request_query("RecordQuery")
     wanted = query.parse_record_query(record_id, _args())
     db = _services().db
     provenance = query.record_provenance(db, wanted)
@@ -92,6 +96,7 @@ def record(record_id: str) -> Any:
 @audit_blueprint.get("/exposure")
 @require_role(AUDITOR)
 def exposure_report() -> Any:
+    request_query("ExposureQuery")
     wanted = exposure.parse_exposure_query(_args())
     db = _services().db
     report = exposure.exposure_report(
@@ -113,6 +118,7 @@ def exposure_report() -> Any:
 @audit_blueprint.get("/exposure/manifest")
 @require_role(AUDITOR)
 def exposure_manifest() -> Any:
+    request_query("ManifestQuery")
     wanted = exposure.parse_exposure_query(_args(), manifest=True)
     services = _services()
     # The signature covers the whole file and goes out in a header, before the body: so

@@ -19,6 +19,7 @@ from flask import Response, current_app, request
 
 from gateway.api.audit import audit_blueprint
 from gateway.api.auth import AUDITOR, actor, error_response, require_role
+from gateway.api.bodies import request_query
 from gateway.audit.export import FORMATS, ExportError, ExportFilter, export_chunks, parse_time
 from gateway.audit.seal import checkpoint_lines, iter_checkpoints
 from gateway.policy.store import record_admin_event
@@ -69,6 +70,7 @@ def _stream(chunks: Iterator[bytes], media_type: str, filename: str) -> Response
 @audit_blueprint.get("/export")
 @require_role(AUDITOR)
 def export_access_log() -> Any:
+    request_query("ExportQuery")
     try:
         params = _check_params(_EXPORT_PARAMS)
         fmt = params.get("format", "jsonl")
@@ -89,6 +91,7 @@ def export_access_log() -> Any:
 @audit_blueprint.get("/checkpoints")
 @require_role(AUDITOR)
 def export_checkpoints() -> Any:
+    request_query("CheckpointQuery")
     try:
         params = _check_params({"since"})
         since = parse_time(params["since"], "since") if params.get("since") else None

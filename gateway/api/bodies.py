@@ -79,6 +79,28 @@ def json_body(max_bytes: int) -> Any:
         raise InvalidRequest({"body": f"is not valid JSON ({error.msg})"}) from None
 
 
+def request_body(schema: str, max_bytes: int) -> dict[str, Any]:
+    """The request's JSON object, valid under the document's `schema`, or InvalidRequest."""
+    from gateway.api import openapi
+
+    data = json_body(max_bytes)
+    errors = openapi.validate(data, openapi.REQUESTS[schema])
+    if errors:
+        raise InvalidRequest(errors)
+    return data
+
+
+def request_query(schema: str) -> dict[str, Any]:
+    """The query string, valid under the document's `schema` (values converted), or
+    InvalidRequest."""
+    from gateway.api import openapi
+
+    values, errors = openapi.parse_query(request.args.to_dict(flat=False), openapi.QUERIES[schema])
+    if errors:
+        raise InvalidRequest(errors)
+    return values
+
+
 def json_object(max_bytes: int, allowed: Iterable[str]) -> dict[str, Any]:
     """The request's JSON object with only `allowed` keys, or InvalidRequest / 413."""
     data = json_body(max_bytes)

@@ -16,13 +16,19 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api.auth import ADMIN, actor, error_response, require_role
-from gateway.api.bodies import InvalidRequest, bad_request, json_object, use_json_bodies
+from gateway.api.bodies import (
+    InvalidRequest,
+    bad_request,
+    request_body,
+    request_query,
+    use_json_bodies,
+)
 from gateway.config import Config
-from gateway.lockout import LOCK_KINDS, LockError, create_lock, lift_lock, list_locks
+from gateway.lockout import LockError, create_lock, lift_lock, list_locks
 from gateway.lockout.store import check_target, get_lock, parse_duration
 from gateway.lockout.targets import unknown_target_problem
 
@@ -32,13 +38,10 @@ locks_blueprint = Blueprint("locks", __name__, url_prefix="/_gateway/admin/locks
 
 MAX_BODY_BYTES = 64 * 1024
 use_json_bodies(locks_blueprint)
-MAX_REASON_CHARS = 4000
 # A lock meant to outlast this is one to lift by hand; longer TTLs overflow datetimes anyway.
 MAX_TTL = timedelta(days=3650)
 # Lock ids are a 32-bit column; a larger id names no lock (and must not reach the database).
 MAX_LOCK_ID = 2**31 - 1
-_TRUE = ("true", "1", "yes")
-_FALSE = ("false", "0", "no", "")
 
 
 @locks_blueprint.errorhandler(LockError)
@@ -59,19 +62,6 @@ def _database(error: SQLAlchemyError) -> Any:
 # --- input --------------------------------------------------------------------------------
 
 
-def _reason(data: dict[str, Any], fields: dict[str, str]) -> str | None:
-    reason = data.get("reason")
-    if reason is None:
-        fields["reason"] = "is required: say why"
-    elif not isinstance(reason, str) or not reason.strip():
-        fields["reason"] = "must be a non-empty string"
-    elif len(reason) > MAX_REASON_CHARS:
-        fields["reason"] = f"must be at most {MAX_REASON_CHARS} characters"
-    else:
-        return reason
-    return None
-
-
 def parse_ttl(value: str) -> timedelta:
     """`30m`, `24h`, `7d` → a timedelta, bounded; LockError('ttl', ...) otherwise."""
     try:
@@ -84,58 +74,25 @@ def parse_ttl(value: str) -> timedelta:
 
 
 def _lock_request(config: Config) -> tuple[str, str, str, timedelta | None, bool]:
-    data = json_object(MAX_BODY_BYTES, ("kind", "target", "reason", "ttl", "force"))
-    fields: dict[str, str] = {}
+    """Checked against the document's LockRequest, then against what the gateway knows."""
+    data = request_body("LockRequest", MAX_BODY_BYTES)
+    kind, target, reason = data["kind"], data["target"], data["reason"]
     force = data.get("force", False)
-    if not isinstance(force, bool):
-        fields["force"] = "must be true or false"
-        force = False
-    kind = data.get("kind")
-    if kind is None:
-        fields["kind"] = f"is required: one of {', '.join(LOCK_KINDS)}"
-    elif kind not in LOCK_KINDS:
-        fields["kind"] = f"must be one of {', '.join(LOCK_KINDS)}"
-    target = data.get("target")
-    if target is None:
-        fields["target"] = "is required"
-    elif not isinstance(target, str) or not target:
-        fields["target"] = "must be a non-empty string"
-    elif kind in LOCK_KINDS:
-        problem = check_target(config, kind, target)
-        if problem is None and not force:
-            problem = unknown_target_problem(_db(), config, kind, target)
-        if problem:
-            fields["target"] = problem
-    reason = _reason(data, fields)
-    ttl = None
-    raw_ttl = data.get("ttl")
-    if raw_ttl is not None:
-        if not isinstance(raw_ttl, str):
-            fields["ttl"] = "must be a duration like 30m, 24h or 7d, or null"
-        else:
-            try:
-                ttl = parse_ttl(raw_ttl)
-            except LockError as error:
-                fields["ttl"] = error.message
-    if fields:
-        raise InvalidRequest(fields)
-    assert isinstance(kind, str) and isinstance(target, str) and reason is not None
-    return kind, target, reason, ttl, force
+    problem = check_target(config, kind, target)
+    if problem is None and not force:
+        problem = unknown_target_problem(_db(), config, kind, target)
+    if problem:
+        raise InvalidRequest({"target": problem})
+    return kind, target, reason, _ttl(data.get("ttl")), force
 
 
-def _flag(name: str) -> bool:
-    unknown = sorted(set(request.args) - {name})
-    if unknown:
-        raise InvalidRequest({key[:100]: "unknown query parameter" for key in unknown[:20]})
-    values = request.args.getlist(name)
-    if not values:
-        return False
-    if len(values) > 1:
-        raise InvalidRequest({name: "give it once"})
-    value = values[0].strip().lower()
-    if value not in _TRUE + _FALSE:
-        raise InvalidRequest({name: "must be true or false"})
-    return value in _TRUE
+def _ttl(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return parse_ttl(text)
+    except LockError as error:
+        raise InvalidRequest({"ttl": error.message}) from None
 
 
 # --- output -------------------------------------------------------------------------------
@@ -186,7 +143,7 @@ def create() -> Any:
 @locks_blueprint.get("")
 @require_role(ADMIN)
 def index() -> Any:
-    include_inactive = _flag("all")
+    include_inactive = request_query("LockListQuery").get("all", False)
     locks = list_locks(_db(), include_inactive=include_inactive)
     return jsonify(locks=[lock_json(lock) for lock in locks])
 
@@ -202,12 +159,7 @@ def show(lock_id: int) -> Any:
 @locks_blueprint.post("/<int:lock_id>/lift")
 @require_role(ADMIN)
 def lift(lock_id: int) -> Any:
-    data = json_object(MAX_BODY_BYTES, ("reason",))
-    fields: dict[str, str] = {}
-    reason = _reason(data, fields)
-    if fields:
-        raise InvalidRequest(fields)
-    assert reason is not None
+    reason = request_body("LiftRequest", MAX_BODY_BYTES)["reason"]
     if lock_id > MAX_LOCK_ID:
         return error_response(404, "not_found", f"no lock {lock_id}")
     return jsonify(lock_json(lift_lock(_db(), lock_id, actor=actor(), reason=reason)))
