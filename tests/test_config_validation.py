@@ -15,32 +15,9 @@ import jsonschema
 import pytest
 
 from gateway.config import ConfigError, config_schema, parse_config
+from tests.test_unit_config import base_raw
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def base_raw() -> dict[str, Any]:
-    return {
-        "database": {"url": "sqlite:///gw.db"},
-        "issuers": [
-            {
-                "name": "acme-idp",
-                "issuer": "https://idp.acme.example",
-                "audience": "https://gateway.test",
-                "vendor": "acme",
-            }
-        ],
-        "upstream": {"url": "http://127.0.0.1:9000"},
-        "routes": [
-            {
-                "methods": ["GET"],
-                "path": "/api/projects/{project}/tasks/{task}/records",
-                "action": "read",
-                "records": "records",
-                "record_id": "id",
-            }
-        ],
-    }
 
 
 def with_change(path: str, value: Any) -> dict[str, Any]:
