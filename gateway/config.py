@@ -96,14 +96,22 @@ def _bind(bind: str) -> str:
 
 
 class IssuerConfig(Section):
+    """A trusted IdP (`[[issuers]]`): whose tokens are accepted and which vendor they speak for."""
+
     name: Name
+    """Short name; prefixes policy subjects (`acme-idp:alice`)."""
     issuer: HttpURL
+    """Issuer URL: must equal the `iss` of its tokens and of its discovery document."""
     audience: Text
+    """The `aud` an access token must carry."""
     vendor: Name | None = None
+    """The vendor every token of this issuer speaks for (or `vendor_claim`)."""
     vendor_claim: Text | None = None
+    """The claim naming the token's vendor, for an IdP shared by several vendors."""
     roles_claim: Text = "roles"
-    # Admin/auditor roles are honoured only from issuers the lab trusts for them.
+    """The claim holding admin/auditor roles."""
     roles_trusted: bool = False
+    """Admin/auditor roles are honoured only from issuers the lab trusts for them."""
     algorithms: Annotated[tuple[str, ...], Field(strict=False), AfterValidator(_algorithms)] = (
         "RS256",
         "ES256",
@@ -113,22 +121,24 @@ class IssuerConfig(Section):
     discovery_url: HttpURL | None = None
     leeway_seconds: NonNegativeInt = 30
     jwks_min_refresh_seconds: NonNegativeFloat = 30.0
-    # Discovery and JWKS are refetched this often (shorter if the IdP's Cache-Control
-    # says so), so a key the IdP withdraws stops validating within it.
     jwks_ttl_seconds: NonNegativeFloat = 600.0
-    # How long past their time the last keys serve while the IdP cannot be reached.
+    """Discovery and JWKS are refetched this often (shorter if the IdP's Cache-Control says so),
+    so a key the IdP withdraws stops validating within it.
+    """
     jwks_stale_seconds: NonNegativeFloat = 300.0
-    # Opaque (non-JWT) access tokens: "auto" uses RFC 7662 introspection when the
-    # issuer advertises it and we hold client credentials, else userinfo. Off by default:
-    # an opaque token names no issuer, so only one issuer may be asked about them.
+    """How long past their time the last keys serve while the IdP cannot be reached."""
     opaque_tokens: Literal["auto", "introspection", "userinfo", "reject"] = "reject"
+    """Opaque (non-JWT) access tokens: "auto" uses RFC 7662 introspection when the issuer
+    advertises it and we hold client credentials, else userinfo. Off by default: an opaque
+    token names no issuer, so only one issuer may be asked about them.
+    """
     client_id: Text | None = None
     client_secret: Text | None = Field(default=None, repr=False)
-    # The client secret kept in a file (a mounted secret) instead of in this file.
     client_secret_file: ReadableFile | None = Field(default=None, exclude=True)
+    """The client secret kept in a file (a mounted secret) instead of in this file."""
     opaque_cache_seconds: NonNegativeFloat = 60.0
-    # CA bundle for the IdP's TLS certificate (default: the system's).
     ca_file: ReadableFile | None = None
+    """CA bundle for the IdP's TLS certificate (default: the system's)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -161,20 +171,30 @@ class IssuerConfig(Section):
 
 
 class UpstreamConfig(Section):
+    """The dataset service behind the gateway (`[upstream]`)."""
+
     url: HttpURL
+    """Base URL of the dataset service."""
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
-    # Header values kept in files (mounted secrets), by header name.
+    """Headers sent with every upstream request (the service credential; use `${ENV}`)."""
     header_files: dict[str, ReadableFile] = Field(default_factory=dict, exclude=True)
+    """Header values kept in files (mounted secrets), by header name."""
     connect_timeout: PositiveFloat = 3.0
+    """Seconds to connect to the upstream."""
     read_timeout: PositiveFloat = 30.0
+    """Seconds the upstream may stay silent while answering."""
     pool_size: PositiveInt = 32
+    """Kept-alive upstream connections per worker."""
     max_record_body_bytes: PositiveInt = 32 * 1024 * 1024
-    # Upper bound on JSON values in a record body, counted before parsing: parsed, each
-    # small value costs ~50-100 bytes of memory, so this bounds a worker's memory.
+    """A record route's answer larger than this is refused (it is parsed whole)."""
     max_json_values: PositiveInt = 1_000_000
-    # TLS to an https upstream: the CA bundle that signs its certificate (default: the
-    # system's), and the gateway's client certificate and key for mutual TLS.
+    """Upper bound on JSON values in a record body, counted before parsing: parsed, each small
+    value costs ~50-100 bytes of memory, so this bounds a worker's memory.
+    """
     ca_file: ReadableFile | None = None
+    """TLS to an https upstream: the CA bundle that signs its certificate (default: the
+    system's), and the gateway's client certificate and key for mutual TLS.
+    """
     client_cert_file: ReadableFile | None = None
     client_key_file: ReadableFile | None = None
 
@@ -208,9 +228,12 @@ class UpstreamConfig(Section):
 
 
 class DatabaseConfig(Section):
+    """Where the policy, locks and the access log live (`[database]`)."""
+
     url: Text | None = Field(default=None, repr=False)
-    # The URL (it holds the password) kept in a file: a mounted secret.
+    """SQLAlchemy URL: `postgresql+psycopg://user@host/db` (or `sqlite:///...` to try it)."""
     url_file: ReadableFile | None = Field(default=None, exclude=True)
+    """The URL (it holds the password) kept in a file: a mounted secret."""
 
     @model_validator(mode="before")
     @classmethod
@@ -231,15 +254,15 @@ class DatabaseConfig(Section):
 class AuditConfig(Section):
     batch_max_rows: PositiveInt = 5000
     commit_timeout_seconds: PositiveFloat = 10.0
-    # Each audit writer signs a checkpoint of its chain head this often, also when idle.
     checkpoint_interval_seconds: PositiveFloat = 10.0
-    # `gateway audit prune` without --before removes rows older than this; 0 keeps all.
+    """Each audit writer signs a checkpoint of its chain head this often, also when idle."""
     retention_days: NonNegativeInt = 0
+    """`gateway audit prune` without --before removes rows older than this; 0 keeps all."""
 
 
 class PolicyConfig(Section):
-    # The Casbin model: the one in the package unless an operator brings their own.
     model: ReadableFile = Field(default_factory=lambda: str(DEFAULT_MODEL_PATH))
+    """The Casbin model: the one in the package unless an operator brings their own."""
     poll_interval_seconds: PositiveFloat = 1.0
     decision_cache_size: PositiveInt = 200_000
     actions: Annotated[tuple[Name, ...], Field(strict=False), NotEmpty, NOT_EMPTY_SCHEMA] = (
@@ -248,14 +271,14 @@ class PolicyConfig(Section):
         "review",
         "export",
     )
-    # An apply or import removing more than this share of the rules must be confirmed.
     max_removal_share: Share = 0.2
+    """An apply or import removing more than this share of the rules must be confirmed."""
 
 
 class LockoutConfig(Section):
     poll_interval_seconds: PositiveFloat = 0.25
-    # Past this long without a confirmed lock state, contractor traffic is refused.
     stale_after_seconds: PositiveFloat = 5.0
+    """Past this long without a confirmed lock state, contractor traffic is refused."""
     exposure_days: PositiveInt = 30
 
     @model_validator(mode="after")
@@ -274,8 +297,8 @@ class ProjectConfig(Section):
 
 class GatewaySettings(Section):
     assertion_ttl_seconds: PositiveInt = 60
-    # Number of reverse proxies in front of us whose X-Forwarded-For we believe.
     trusted_proxy_hops: NonNegativeInt = 0
+    """Number of reverse proxies in front of us whose X-Forwarded-For we believe."""
     token_cache_size: PositiveInt = 100_000
 
 
@@ -285,13 +308,14 @@ class ServerConfig(Section):
     bind: Annotated[str, AfterValidator(_bind)] = "127.0.0.1:8080"
     workers: PositiveInt = 2
     threads: PositiveInt = 16
-    # Seconds an idle client connection is kept: above a pooling proxy's idle timeout.
     keep_alive: PositiveInt = 5
-    # Seconds workers get to finish requests on stop; keep it below the container
-    # runtime's stop grace (Docker: 10 s unless --stop-timeout says otherwise).
+    """Seconds an idle client connection is kept: above a pooling proxy's idle timeout."""
     graceful_timeout: PositiveInt = 8
-    # Recycle a worker after this many requests (0 = never), +/- up to the jitter.
+    """Seconds workers get to finish requests on stop; keep it below the container runtime's stop
+    grace (Docker: 10 s unless --stop-timeout says otherwise).
+    """
     max_requests: NonNegativeInt = 0
+    """Recycle a worker after this many requests (0 = never), +/- up to the jitter."""
     max_requests_jitter: NonNegativeInt = 0
 
     @model_validator(mode="after")
@@ -311,9 +335,10 @@ class Config(Section):
     gateway: GatewaySettings = GatewaySettings()
     projects: Annotated[tuple[ProjectConfig, ...], Field(strict=False)] = ()
     lockout: LockoutConfig = LockoutConfig()
-    # Detector thresholds for `gateway anomalies` (validated here, so a bad table stops
-    # the gateway and every command at start-up, not the first scan).
     anomaly: AnomalyConfig = AnomalyConfig()
+    """Detector thresholds for `gateway anomalies` (validated here, so a bad table stops the
+    gateway and every command at start-up, not the first scan).
+    """
     catalogue: CatalogueConfig = CatalogueConfig()
     server: ServerConfig = ServerConfig()
     keys: KeysConfig = KeysConfig()

@@ -47,7 +47,10 @@ class Problem(ValueError):
 class Section(BaseModel):
     """A table of the config file: exact types, no unknown keys, immutable once loaded."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # Field docstrings become the descriptions of `gateway config schema`.
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
 
 S = TypeVar("S", bound=BaseModel)

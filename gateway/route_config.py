@@ -29,31 +29,35 @@ class RouteConfig(Section):
     record_task: Text | None = None
     project: Text | None = None
     query_params: Annotated[tuple[str, ...], Field(strict=False)] | None = None
-    # More records than this in one response is refused: each costs an access row.
     max_records: Annotated[int, Field(gt=0)] = 10_000
-    # Fields a record route releases besides its records; others are dropped or refused.
+    """More records than this in one response is refused: each costs an access row."""
     envelope: Annotated[tuple[Text, ...], Field(strict=False)] = ()
+    """Fields a record route releases besides its records; others are dropped or refused."""
     envelope_extra: Literal["drop", "refuse", "allow"] = "drop"
-    # Non-2xx answers: "replace" (the gateway's own error), "pass", or "inspect" (records).
-    # Unset: "replace" on record and media routes, else "pass".
     upstream_errors: Literal["replace", "pass", "inspect"] = "pass"
+    """Non-2xx answers: "replace" (the gateway's own error), "pass", or "inspect" (records).
+    Unset: "replace" on record and media routes, else "pass".
+    """
     # --- the record catalogue (docs/DESIGN.md §9) ---
-    # "check": records and a path's {record} are checked against the catalogue; "learn":
-    # checked, and records not yet in it are learnt under this route's project; "off".
     catalogue: Literal["check", "learn", "off"] = "check"
-    # The catalogue's name for what this route's records (and {record}) are.
+    """"check": records and a path's {record} are checked against the catalogue; "learn":
+    checked, and records not yet in it are learnt under this route's project; "off".
+    """
     catalogue_kind: Kind = "record"
-    # When the path's {record} is of another kind than the body's records (a task id in
-    # the path of a write that answers with the annotation it made).
+    """The catalogue's name for what this route's records (and {record}) are."""
     path_record_kind: Kind | None = None
-    # A record the catalogue does not know: "refuse", "allow" or "learn"; unset: refused
-    # once the catalogue holds records of this kind, allowed before.
+    """When the path's {record} is of another kind than the body's records (a task id in the path
+    of a write that answers with the annotation it made).
+    """
     unknown_records: Literal["refuse", "allow", "learn"] | None = None
-    # "catalogue": the project (task) is the catalogue's for the path's {record}.
+    """A record the catalogue does not know: "refuse", "allow" or "learn"; unset: refused once
+    the catalogue holds records of this kind, allowed before.
+    """
     project_from: Literal["path", "catalogue"] = "path"
+    """"catalogue": the project (task) is the catalogue's for the path's {record}."""
     task_from: Literal["path", "catalogue"] = "path"
-    # The body is one file, logged as one record: its path is the id, its bytes hashed.
     media: bool = False
+    """The body is one file, logged as one record: its path is the id, its bytes hashed."""
 
     @model_validator(mode="before")
     @classmethod

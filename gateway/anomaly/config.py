@@ -51,53 +51,58 @@ DETECTORS: tuple[str, ...] = get_args(Detector)
 
 class AnomalyConfig(Section):
     # --- history and peers -------------------------------------------------------------
-    # Days of history behind every scored hour or day.
     history_days: PositiveInt = 28
-    # Active days a contractor needs before being scored against their own history;
-    # before that (a new contractor) only against peers.
+    """Days of history behind every scored hour or day."""
     min_history_days: PositiveInt = 7
-    # Peers (same vendor and project) needed for a peer baseline; fewer → vendor-wide.
+    """Active days a contractor needs before being scored against their own history; before that
+    (a new contractor) only against peers.
+    """
     peer_min: PositiveInt = 4
+    """Peers (same vendor and project) needed for a peer baseline; fewer → vendor-wide."""
 
     # --- volume spike (records per hour) ----------------------------------------------
     volume_min_records: PositiveInt = 60
-    # Robust z-score against the contractor's own hours of the same kind (weekday or
-    # weekend, same hour of day): (x - median) / (1.4826 MAD), MAD floored.
     volume_own_z: PositiveFloat = 7.0
-    # Floor of the z-score's scale, in records (Poisson noise of small counts).
+    """Robust z-score against the contractor's own hours of the same kind (weekday or weekend,
+    same hour of day): (x - median) / (1.4826 MAD), MAD floored.
+    """
     volume_min_scale: PositiveFloat = 10.0
+    """Floor of the z-score's scale, in records (Poisson noise of small counts)."""
     volume_own_ratio: PositiveFloat = 3.5
-    # ... and at the same time this far above the peers' median hour.
     volume_peer_ratio: PositiveFloat = 2.0
-    # New contractors: peers only, stricter.
+    """... and at the same time this far above the peers' median hour."""
     volume_new_peer_ratio: PositiveFloat = 6.0
+    """New contractors: peers only, stricter."""
     volume_new_peer_z: PositiveFloat = 5.0
 
     # --- slow exfiltration (records per day, EWMA) -------------------------------------
     exfil_alpha: Share = 0.2
-    # EWMA of reads/day, peer-normalised, at least this far above the contractor's own
-    # baseline (a sustained rise, however small) ...
     exfil_ratio: PositiveFloat = 1.05
-    # ... and read requests per annotation submitted this far above the own baseline
-    # (checked when the log has annotation submissions for the contractor) ...
+    """EWMA of reads/day, peer-normalised, at least this far above the contractor's own baseline
+    (a sustained rise, however small) ...
+    """
     exfil_unworked_ratio: PositiveFloat = 1.1
-    # ... with a z-score (EWMA over the robust day-to-day spread; of the annotation
-    # signal, or of both combined) of at least this; reads alone when no annotations.
+    """... and read requests per annotation submitted this far above the own baseline (checked
+    when the log has annotation submissions for the contractor) ...
+    """
     exfil_z: PositiveFloat = 5.0
+    """... with a z-score (EWMA over the robust day-to-day spread; of the annotation signal, or
+    of both combined) of at least this; reads alone when no annotations.
+    """
     exfil_min_days: PositiveInt = 3
-    # The baseline ends this many days before the scored day and needs this many days.
     exfil_baseline_gap_days: PositiveInt = 7
+    """The baseline ends this many days before the scored day and needs this many days."""
     exfil_min_baseline_days: PositiveInt = 5
-    # Fetches above what the own annotation rate (or own level) explains, recent days.
     exfil_min_excess_records: PositiveInt = 100
+    """Fetches above what the own annotation rate (or own level) explains, recent days."""
 
     # --- breadth (distinct project/tasks per day) -------------------------------------
     breadth_min_tasks: PositiveInt = 6
     breadth_peer_ratio: PositiveFloat = 3.0
 
     # --- enumeration (sequential record ids) ------------------------------------------
-    # Hours with fewer read requests are not looked at (annotators do not get near it).
     enum_min_requests: PositiveInt = 100
+    """Hours with fewer read requests are not looked at (annotators do not get near it)."""
     enum_min_run: PositiveInt = 40
     enum_max_stride: PositiveInt = 3
     enum_min_spearman: Share = 0.95
@@ -113,35 +118,39 @@ class AnomalyConfig(Section):
     share_min_hours: PositiveInt = 2
 
     # --- impossible travel (needs locations of addresses) ------------------------------
-    # A CSV of networks with coordinates (see gateway/anomaly/locations.py; a relative
-    # path is taken from the file that sets it); empty: the detector is off.
     ip_locations: str = ""
-    # Two places at least this far apart, reached faster than this: impossible.
+    """A CSV of networks with coordinates (see gateway/anomaly/locations.py; a relative path is
+    taken from the file that sets it); empty: the detector is off.
+    """
     travel_min_km: PositiveFloat = 500.0
+    """Two places at least this far apart, reached faster than this: impossible."""
     travel_max_kmh: PositiveFloat = 1000.0
 
     # --- off-hours (against the contractor's own hours of day) -------------------------
     offhours_min_records: PositiveInt = 40
     offhours_min_distance_hours: PositiveInt = 4
-    # An hour of day the contractor was active on at most this share of their days.
     offhours_max_share: Share = 0.02
-    # Hours of day active on at least this share of days are the contractor's usual hours.
+    """An hour of day the contractor was active on at most this share of their days."""
     offhours_usual_share: Share = 0.1
-    # Off-hours volume this far above the contractor's median hour alerts even from a
-    # known address.
+    """Hours of day active on at least this share of days are the contractor's usual hours."""
     offhours_volume_ratio: PositiveFloat = 3.0
+    """Off-hours volume this far above the contractor's median hour alerts even from a known
+    address.
+    """
 
     # --- canary records fetched through the gateway ------------------------------------
-    # "withhold": the request is refused and nothing of it released; "release": released
-    # and marked. Either way the fetch is logged `canary`, locks at once and alerts.
     canary_on_fetch: Literal["withhold", "release"] = "withhold"
-    # Who is locked the moment a canary record is fetched: contractor, vendor or none.
+    """"withhold": the request is refused and nothing of it released; "release": released and
+    marked. Either way the fetch is logged `canary`, locks at once and alerts.
+    """
     canary_lock: Literal["contractor", "vendor", "none"] = "contractor"
+    """Who is locked the moment a canary record is fetched: contractor, vendor or none."""
 
     # --- records asked for under another project's path (record catalogue) ----------
-    # Rows withheld or refused as `catalogue_mismatch` by one contractor in one UTC day
-    # that raise an alert; one such row is already a probe of the upstream's IDOR.
     catalogue_mismatch_min_rows: PositiveInt = 1
+    """Rows withheld or refused as `catalogue_mismatch` by one contractor in one UTC day that
+    raise an alert; one such row is already a probe of the upstream's IDOR.
+    """
     catalogue_mismatch_severity: Severity = "high"
 
     # --- alerts -> locks --------------------------------------------------------------
@@ -151,11 +160,11 @@ class AnomalyConfig(Section):
     auto_lock_ttl_hours: NonNegativeFloat = 0.0  # 0: until lifted
 
     # --- scanning ----------------------------------------------------------------------
-    # The rollup re-aggregates this many recent hours on every scan (late audit rows).
     rollup_late_hours: PositiveInt = 2
+    """The rollup re-aggregates this many recent hours on every scan (late audit rows)."""
     watch_interval_seconds: PositiveFloat = 60.0
-    # What `scan` without --since (and every `watch` round) looks at.
     scan_window_hours: PositiveInt = 48
+    """What `scan` without --since (and every `watch` round) looks at."""
 
     @model_validator(mode="after")
     def _consistent(self) -> AnomalyConfig:

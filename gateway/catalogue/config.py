@@ -57,19 +57,20 @@ class CatalogueSource(Section):
     records: JMESPath
     record_id: JMESPath
     record_task: JMESPath | None = None
-    # Fixed query parameters sent with every page (e.g. fields to include).
     query: dict[str, str] = {}
+    """Fixed query parameters sent with every page (e.g. fields to include)."""
     page_param: Text | None = None
     page_size_param: Text | None = None
     offset_param: Text | None = None
     limit_param: Text | None = None
     next: JMESPath | None = None
     page_size: PositiveInt = 100
-    # A listing longer than this many pages is an upstream loop, not a dataset.
     max_pages: PositiveInt = 1_000_000
-    # A status that ends the listing like an empty page (Label Studio answers 404 past the
-    # last page, and for a project without tasks).
+    """A listing longer than this many pages is an upstream loop, not a dataset."""
     end_status: Annotated[int, Field(ge=300, le=599)] | None = None
+    """A status that ends the listing like an empty page (Label Studio answers 404 past the last
+    page, and for a project without tasks).
+    """
 
     @field_validator("query", mode="before")
     @classmethod

@@ -15,14 +15,16 @@ class KeysConfig(Section):
     # A plugged-in signer's own settings sit in this table beside `signer`.
     model_config = ConfigDict(extra="allow")
 
-    # An Ed25519 private key, PEM (PKCS#8): `gateway keys generate --out FILE`.
     signing_key_file: ReadableFile | None = None
-    # Or a plugged-in signer (a KMS/HSM client): "package.module:factory", called with
-    # this table; the other keys of the table are the factory's own settings.
+    """An Ed25519 private key, PEM (PKCS#8): `gateway keys generate --out FILE`."""
     signer: Annotated[str, Field(pattern=_SIGNER)] | None = None
-    # Register the key's public half at start when it is not registered yet (only where
-    # the database role may: never the PostgreSQL runtime role).
+    """Or a plugged-in signer (a KMS/HSM client): "package.module:factory", called with this
+    table; the other keys of the table are the factory's own settings.
+    """
     register_at_start: bool = True
+    """Register the key's public half at start when it is not registered yet (only where the
+    database role may: never the PostgreSQL runtime role).
+    """
 
     @model_validator(mode="after")
     def _one_source(self) -> KeysConfig:
