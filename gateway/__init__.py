@@ -56,6 +56,10 @@ def create_app(config: Config) -> Flask:
     services = build_services(config)
     app.extensions["gateway"] = services
     register_blueprints(app)
+    if config.console.enabled:
+        from gateway.console.views import install_console
+
+        install_console(app)
     app.register_error_handler(HTTPException, _json_http_error)
     app.wsgi_app = _Dispatcher(app.wsgi_app, services.pipeline)  # type: ignore[method-assign]
     return app

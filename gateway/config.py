@@ -35,6 +35,7 @@ from gateway.configbase import (
     read_secret_file,
     validated,
 )
+from gateway.console.config import ConsoleConfig
 from gateway.keys.config import KeysConfig
 from gateway.route_config import RouteConfig
 
@@ -342,6 +343,7 @@ class Config(Section):
     catalogue: CatalogueConfig = CatalogueConfig()
     server: ServerConfig = ServerConfig()
     keys: KeysConfig = KeysConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -358,6 +360,11 @@ class Config(Section):
             )
         if len({p.name for p in self.projects}) != len(self.projects):
             raise Problem("projects", "project names must be unique")
+        trusted = {issuer.name for issuer in self.issuers if issuer.roles_trusted}
+        for name in self.console.issuers:
+            if name not in trusted:
+                # A console role may only come from an issuer trusted for roles.
+                raise Problem("console.issuers", f"{name!r} is not a roles_trusted issuer")
         return self
 
     @property

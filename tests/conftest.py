@@ -338,10 +338,11 @@ def gateway_config(
     acme_issuer_keys: str = "jwks_min_refresh_seconds = 30",
     upstream_extra: str = "",
     upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
+    extra: str = "",
 ) -> str:
     """The test gateway's config; `routes` replaces the sample routes and the test routes,
     `acme_issuer_keys` the JWT issuer's key-refresh settings; `upstream_extra` adds keys
-    to [upstream]."""
+    to [upstream]; `extra` more tables at the end."""
     if routes is None:
         base = (ROOT / "config" / "gateway.toml").read_text()
         routes = base[base.index("[[routes]]") :] + EXTRA_TEST_ROUTES
@@ -385,6 +386,7 @@ stale_after_seconds = 2.0
 
 {routes}
 {extra_routes}
+{extra}
 """
 
 
@@ -458,7 +460,10 @@ def launch_gateway(
     acme_issuer_keys: str = "jwks_min_refresh_seconds = 30",
     upstream_extra: str = "",
     upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
+    extra: str = "",
 ) -> Gateway:
+    """A gateway under gunicorn; `{gateway_url}` in `extra` becomes its own address."""
+    port = free_port()
     config_path = tmp / "gateway.toml"
     config_path.write_text(
         gateway_config(
@@ -472,9 +477,9 @@ def launch_gateway(
             acme_issuer_keys=acme_issuer_keys,
             upstream_extra=upstream_extra,
             upstream_headers=upstream_headers,
+            extra=extra.replace("{gateway_url}", f"http://127.0.0.1:{port}"),
         )
     )
-    port = free_port()
     gateway = Gateway(None, db, config_path, idp, opaque_idp, upstream)  # type: ignore[arg-type]
     gateway.cli("db", "upgrade")
     policy_file = tmp / "policy.csv"

@@ -15,7 +15,15 @@ def health():  # type: ignore[no-untyped-def]
 
 @health_blueprint.get("/ready")
 def ready():  # type: ignore[no-untyped-def]
-    services = current_app.extensions["gateway"]
+    checks = readiness_checks(current_app.extensions["gateway"])
+    is_ready = all(value == "ok" for value in checks.values())
+    return jsonify(status="ready" if is_ready else "not_ready", checks=checks), (
+        200 if is_ready else 503
+    )
+
+
+def readiness_checks(services) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """This worker's view of what it depends on: "ok" or what is wrong, by part."""
     checks: dict[str, str] = {}
     try:
         with services.db.connect() as connection:
@@ -35,10 +43,7 @@ def ready():  # type: ignore[no-untyped-def]
         except Exception:
             issuers_ok = False
     checks["issuer_keys"] = "ok" if issuers_ok else "unavailable"
-    is_ready = all(value == "ok" for value in checks.values())
-    return jsonify(status="ready" if is_ready else "not_ready", checks=checks), (
-        200 if is_ready else 503
-    )
+    return checks
 
 
 def _audit_table_ok(services) -> bool:  # type: ignore[no-untyped-def]

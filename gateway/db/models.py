@@ -325,3 +325,19 @@ class CatalogueRun(Base):
     moved: Mapped[int] = mapped_column(BigInteger, default=0)
     gone: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ConsoleSession(Base):
+    """A browser session of the console: the cookie's opaque id is stored only hashed."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # `<issuer name>:<sub>` once signed in; None during the login round trip.
+    subject: Mapped[str | None] = mapped_column(String(512), index=True)
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_reason: Mapped[str | None] = mapped_column(String(64))
