@@ -35,7 +35,7 @@ from gateway.configbase import (
     read_secret_file,
     validated,
 )
-from gateway.console.config import ConsoleConfig
+from gateway.console.config import ConsoleConfig, LockKind
 from gateway.keys.config import KeysConfig
 from gateway.route_config import RouteConfig
 
@@ -281,6 +281,10 @@ class LockoutConfig(Section):
     stale_after_seconds: PositiveFloat = 5.0
     """Past this long without a confirmed lock state, contractor traffic is refused."""
     exposure_days: PositiveInt = 30
+    two_person_lift: Annotated[tuple[LockKind, ...], Field(strict=False)] = ("vendor", "issuer")
+    """Lock kinds whose lift needs a second admin's approval (the requester cannot approve)."""
+    lift_request_ttl_minutes: PositiveInt = 60
+    """How long a lift request waits for its approval."""
 
     @model_validator(mode="after")
     def _stale_after_polls(self) -> LockoutConfig:

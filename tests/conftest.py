@@ -50,6 +50,8 @@ OPAQUE_USERS = [
     # The lab's own IdP is trusted for roles (roles_trusted in the test config).
     {"sub": "ann", "vendor": "lab", "email": "ann@lab.example", "roles": ["admin"]},
     {"sub": "audrey", "vendor": "lab", "email": "audrey@lab.example", "roles": ["auditor"]},
+    # A second admin, for the two-person rule.
+    {"sub": "adam", "vendor": "lab", "email": "adam@lab.example", "roles": ["admin"]},
 ]
 
 TEST_POLICY = """\
@@ -339,6 +341,7 @@ def gateway_config(
     upstream_extra: str = "",
     upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
     extra: str = "",
+    two_person_lift: str = "[]",
 ) -> str:
     """The test gateway's config; `routes` replaces the sample routes and the test routes,
     `acme_issuer_keys` the JWT issuer's key-refresh settings; `upstream_extra` adds keys
@@ -383,6 +386,8 @@ poll_interval_seconds = 0.5
 
 [lockout]
 stale_after_seconds = 2.0
+# Lifting mechanics are tested with one admin; the two-person rule has its own tests.
+two_person_lift = {two_person_lift}
 
 {routes}
 {extra_routes}
@@ -461,6 +466,7 @@ def launch_gateway(
     upstream_extra: str = "",
     upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
     extra: str = "",
+    two_person_lift: str = "[]",
 ) -> Gateway:
     """A gateway under gunicorn; `{gateway_url}` in `extra` becomes its own address."""
     port = free_port()
@@ -478,6 +484,7 @@ def launch_gateway(
             upstream_extra=upstream_extra,
             upstream_headers=upstream_headers,
             extra=extra.replace("{gateway_url}", f"http://127.0.0.1:{port}"),
+            two_person_lift=two_person_lift,
         )
     )
     gateway = Gateway(None, db, config_path, idp, opaque_idp, upstream)  # type: ignore[arg-type]

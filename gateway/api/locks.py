@@ -28,7 +28,7 @@ from gateway.api.bodies import (
     use_json_bodies,
 )
 from gateway.config import Config
-from gateway.lockout import LockError, create_lock, lift_lock, list_locks
+from gateway.lockout import LockError, create_lock, list_locks
 from gateway.lockout.store import check_target, get_lock, parse_duration
 from gateway.lockout.targets import unknown_target_problem
 
@@ -49,7 +49,10 @@ def _refused(error: LockError) -> Any:
     if error.status == 404:
         return error_response(404, "not_found", error.message)
     if error.status == 409:
-        return error_response(409, "already_lifted", error.message)
+        name = "already_lifted" if error.field == "lock_id" else "conflict"
+        return error_response(409, name, error.message)
+    if error.status == 403:
+        return error_response(403, "forbidden", error.message)
     return bad_request({error.field: error.message})
 
 
@@ -159,7 +162,41 @@ def show(lock_id: int) -> Any:
 @locks_blueprint.post("/<int:lock_id>/lift")
 @require_role(ADMIN)
 def lift(lock_id: int) -> Any:
+    """Lift now, or (vendor and issuer locks) ask for a second admin's approval: 202."""
+    from gateway.lockout.lifts import request_lift
+
     reason = request_body("LiftRequest", MAX_BODY_BYTES)["reason"]
     if lock_id > MAX_LOCK_ID:
         return error_response(404, "not_found", f"no lock {lock_id}")
-    return jsonify(lock_json(lift_lock(_db(), lock_id, actor=actor(), reason=reason)))
+    lockout = _config().lockout
+    outcome = request_lift(
+        _db(),
+        lock_id,
+        actor=actor(),
+        reason=reason,
+        two_person_kinds=lockout.two_person_lift,
+        ttl=timedelta(minutes=lockout.lift_request_ttl_minutes),
+    )
+    if outcome.lock is not None:
+        return jsonify(lock_json(outcome.lock))
+    return jsonify(lifted=False, lift_request=outcome.request), 202
+
+
+@locks_blueprint.get("/lift-requests")
+@require_role(ADMIN)
+def lift_requests() -> Any:
+    from gateway.lockout.lifts import pending_requests
+
+    return jsonify(lift_requests=pending_requests(_db()))
+
+
+@locks_blueprint.post("/lift-requests/<int:request_id>/approve")
+@require_role(ADMIN)
+def approve(request_id: int) -> Any:
+    """A second admin approves a lift request; the lock is lifted."""
+    from gateway.lockout.lifts import approve_lift
+
+    request_body("ApproveRequest", MAX_BODY_BYTES)
+    if request_id > MAX_LOCK_ID:
+        return error_response(404, "not_found", f"no lift request {request_id}")
+    return jsonify(lock_json(approve_lift(_db(), request_id, actor=actor())))

@@ -75,16 +75,17 @@ def parse_ttl(value: str) -> timedelta:
     return ttl
 
 
-def parse_lock_id(value: str | None) -> int:
+def parse_lock_id(value: str | None, name: str = "LOCK_ID") -> int:
+    what = "lift request" if name == "--approve" else "lock"
     if value is None:
-        raise fail("LOCK_ID is required (see `gateway locks`)")
+        raise fail(f"{name} is required (see `gateway locks`)")
     text = value.strip()
     if not text.isdigit() or not text.isascii():
-        raise fail(f"LOCK_ID: {value!r} is not a lock id (a number, see `gateway locks`)")
-    lock_id = int(text)
-    if lock_id == 0 or lock_id > MAX_LOCK_ID:
-        raise fail(f"no lock {lock_id}")
-    return lock_id
+        raise fail(f"{name}: {value!r} is not a {what} id (a number, see `gateway locks`)")
+    number = int(text)
+    if number == 0 or number > MAX_LOCK_ID:
+        raise fail(f"no {what} {number}")
+    return number
 
 
 def lock_state(lock: dict[str, Any]) -> str:
@@ -254,33 +255,82 @@ def lock_command(
     click.echo(f'lift it with: gateway unlock {lock["id"]} --reason "..."')
 
 
-@click.command("unlock", short_help="Lift a lock, with a reason.")
+@click.command("unlock", short_help="Lift a lock, with a reason (vendor/issuer: two admins).")
 @config_option
 @click.argument("lock_id", required=False, metavar="LOCK_ID")
 @click.option("--reason", help="why it is lifted (required)")
+@click.option(
+    "--approve",
+    "request_id",
+    metavar="REQUEST",
+    help="approve another admin's lift request (vendor and issuer locks need two admins)",
+)
 @actor_option
 @json_option
 @friendly_errors(db_prefix="could not lift the lock: ")
 def unlock_command(
-    config_path: str | None, lock_id: str | None, reason: str | None, actor: str, as_json: bool
+    config_path: str | None,
+    lock_id: str | None,
+    reason: str | None,
+    request_id: str | None,
+    actor: str,
+    as_json: bool,
 ) -> None:
-    """Lift lock LOCK_ID (see `gateway locks`); access returns within a second."""
-    from gateway.lockout import lift_lock, list_locks
+    """Lift lock LOCK_ID (see `gateway locks`); access returns within a second.
 
+    Lifting a vendor or issuer lock ([lockout] two_person_lift) opens a lift request; a
+    second admin approves it with `gateway unlock --approve REQUEST --actor THEM`.
+    """
+    from gateway.lockout import list_locks
+    from gateway.lockout.lifts import approve_lift, request_lift
+
+    if request_id is not None:
+        if lock_id is not None:
+            raise fail("give LOCK_ID (to ask) or --approve REQUEST (to approve), not both")
+        number = parse_lock_id(request_id, "--approve")
+        with refusals(), database(config_path, pool_size=1) as (_config, engine):
+            lock = approve_lift(engine, number, actor=actor)
+        _print_lifted(lock, [], as_json)
+        return
     number = parse_lock_id(lock_id)
     if reason is None or not reason.strip():
         raise fail("--reason is required: say why the lock is lifted")
-    with refusals(), database(config_path, pool_size=1) as (_config, engine):
-        lock = lift_lock(engine, number, actor=actor, reason=reason)
-        others = [
-            other
-            for other in list_locks(engine)
-            if (other["kind"], other["target"]) == (lock["kind"], lock["target"])
-        ]
+    with refusals(), database(config_path, pool_size=1) as (config, engine):
+        outcome = request_lift(
+            engine,
+            number,
+            actor=actor,
+            reason=reason,
+            two_person_kinds=config.lockout.two_person_lift,
+            ttl=timedelta(minutes=config.lockout.lift_request_ttl_minutes),
+        )
+        others = []
+        if outcome.lock is not None:
+            others = [
+                other
+                for other in list_locks(engine)
+                if (other["kind"], other["target"])
+                == (outcome.lock["kind"], outcome.lock["target"])
+            ]
+    if outcome.lock is not None:
+        _print_lifted(outcome.lock, others, as_json)
+        return
+    request = outcome.request
+    assert request is not None
+    if as_json:
+        print_json({"lifted": False, "lift_request": request})
+        return
+    click.echo(
+        f"lift request {request['id']} for lock {number} awaits a second admin until"
+        f" {request['expires_at']}: gateway unlock --approve {request['id']} --actor OTHER-ADMIN"
+    )
+
+
+def _print_lifted(lock: dict[str, Any], others: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print_json(lock_row(lock))
         return
-    click.echo(f"lock {number} lifted: {describe(lock)}")
+    click.echo(f"lock {lock['id']} lifted: {describe(lock)}")
     for other in others:
         click.echo(f"note: lock {other['id']} on {describe(other)} is still in force", err=True)
 

@@ -341,3 +341,18 @@ class ConsoleSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     end_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class LiftRequest(Base):
+    """A request to lift a lock that needs a second admin (vendor and issuer locks)."""
+
+    __tablename__ = "lift_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lock_id: Mapped[int] = mapped_column(Integer, index=True)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    approved_by: Mapped[str | None] = mapped_column(String(255))
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

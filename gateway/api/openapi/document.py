@@ -11,6 +11,7 @@ from gateway.api.openapi.schemas import QUERIES, REQUESTS, RESPONSES
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",
+    202: "Accepted: a lift request now waits for a second admin's approval",
     400: "Invalid request; `fields` names what is wrong",
     401: "No or invalid bearer token",
     403: "The caller lacks the role this operation needs",
@@ -100,7 +101,12 @@ def _operation(op: Operation) -> dict[str, Any]:
         if op.tag == "policy":
             statuses.append(409)
     for status in sorted(set(statuses)):
-        if op.operation_id == "ready" and status == 503:
+        if status == 202:
+            responses["202"] = {
+                "description": _STATUS_TEXT[202],
+                "content": _json_content("LiftPending"),
+            }
+        elif op.operation_id == "ready" and status == 503:
             responses["503"] = {"description": "Not ready", "content": ok_content}
         else:
             responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}

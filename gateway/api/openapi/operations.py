@@ -72,8 +72,16 @@ OPERATIONS: tuple[Operation, ...] = (
               "locks", (200, "LockList"), query="LockListQuery", extra=(503,)),
     Operation("get", _LOCKS + "/{lock_id}", "getLock", "One lock with its exposure",
               "locks", (200, "Lock"), path_params=_LOCK_ID, extra=(404, 503)),
-    Operation("post", _LOCKS + "/{lock_id}/lift", "liftLock", "Lift a lock, with a reason",
-              "locks", (200, "Lock"), body="LiftRequest", path_params=_LOCK_ID,
+    Operation("post", _LOCKS + "/{lock_id}/lift", "liftLock",
+              "Lift a lock, with a reason (vendor and issuer locks: 202, a second admin"
+              " approves)", "locks", (200, "Lock"), body="LiftRequest", path_params=_LOCK_ID,
+              extra=(202, 404, 409, 503)),
+    Operation("get", _LOCKS + "/lift-requests", "listLiftRequests",
+              "Lift requests waiting for a second admin", "locks", (200, "LiftRequestList"),
+              extra=(503,)),
+    Operation("post", _LOCKS + "/lift-requests/{request_id}/approve", "approveLift",
+              "Approve another admin's lift request: the lock is lifted", "locks",
+              (200, "Lock"), body="ApproveRequest", path_params={"request_id": ID_32},
               extra=(404, 409, 503)),
     # --- anomaly alerts (auditor; escalation: admin) ---
     Operation("get", _ALERTS, "listAlerts", "Alerts, newest first", "alerts",

@@ -363,6 +363,7 @@ REQUESTS.update(
             description="Cut a vendor, contractor, issuer or project off, on every worker.",
         ),
         "LiftRequest": _object({"reason": LOCK_REASON}, ["reason"]),
+        "ApproveRequest": _object({}, [], description="An empty JSON object."),
         "AlertUpdate": _object(
             {
                 "status": {"type": "string", "enum": _ALERT_STATUSES},
@@ -469,6 +470,39 @@ RESPONSES.update(
                 "state": {"type": "string", "enum": ["active", "expired", "lifted"]},
             },
             "required": ["id", "kind", "target", "reason", "actor", "created_at", "active"],
+        },
+        "LiftRequestState": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "lock_id": {"type": "integer"},
+                "requested_by": {"type": "string"},
+                "reason": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "expires_at": {"type": "string", "format": "date-time"},
+                "approved_by": {"type": ["string", "null"]},
+                "approved_at": _TIME_OR_NULL,
+                "state": {"type": "string", "enum": ["pending", "approved", "expired"]},
+            },
+            "required": ["id", "lock_id", "requested_by", "reason", "expires_at", "state"],
+        },
+        "LiftPending": {
+            "type": "object",
+            "properties": {
+                "lifted": {"const": False},
+                "lift_request": {"$ref": "#/components/schemas/LiftRequestState"},
+            },
+            "required": ["lifted", "lift_request"],
+        },
+        "LiftRequestList": {
+            "type": "object",
+            "properties": {
+                "lift_requests": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/LiftRequestState"},
+                }
+            },
+            "required": ["lift_requests"],
         },
         "LockList": {
             "type": "object",
