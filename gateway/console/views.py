@@ -15,7 +15,7 @@ from flask import (
     session,
 )
 
-from gateway.console import login
+from gateway.console import killswitch, login
 from gateway.console.security import csrf_ok, csrf_token, secure_headers
 from gateway.console.sessions import CONSOLE_PREFIX, ConsoleSessionInterface
 
@@ -112,6 +112,9 @@ def _record(actor: str, action: str, after: dict[str, Any]) -> None:
         record_admin_event(
             connection, actor=actor, action=action, target="console", reason="", after=after
         )
+
+
+killswitch.register(console_blueprint)
 
 
 def install_console(app: Flask) -> None:

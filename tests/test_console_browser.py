@@ -1,0 +1,188 @@
+"""The console in a real browser: Debian's Chromium driven by Playwright, through the real
+sign-in at the lab IdP (a real OIDC provider process), against the gateway under gunicorn.
+
+Main flows (lock then see the exposure, the two-person lift), and the refusals: a
+contractor, a missing CSRF token, return URLs leading outside, a session cut by a lock.
+Screenshots go to $GATEWAY_CONSOLE_SCREENSHOTS when set (docs/console/ is made so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Gateway, Proc, launch_gateway, new_database
+from tests.test_console_login import CONSOLE, CONSOLE_CONFIG
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+REQUIRED = os.environ.get("GATEWAY_TEST_REQUIRE_BROWSER") == "1"
+
+if not Path(CHROMIUM).exists():
+    if REQUIRED:
+        raise RuntimeError(f"GATEWAY_TEST_REQUIRE_BROWSER=1 but no Chromium at {CHROMIUM}")
+    pytest.skip(
+        "Chromium not installed (apt-get install chromium): console browser tests skipped",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def console(
+    tmp_path_factory: pytest.TempPathFactory, idp: Proc, opaque_idp: Proc, upstream: Proc
+) -> Iterator[Gateway]:
+    with new_database("sqlite", tmp_path_factory) as db:
+        gw = launch_gateway(
+            tmp_path_factory.mktemp("console-browser"),
+            db,
+            idp,
+            opaque_idp,
+            upstream,
+            extra=CONSOLE_CONFIG,
+            two_person_lift='["vendor", "issuer"]',
+        )
+        try:
+            yield gw
+        finally:
+            gw.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(10_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    folder = os.environ.get("GATEWAY_CONSOLE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, gw: Gateway, sub: str, path: str = CONSOLE + "/") -> None:
+    """Open a console page; the IdP's login form asks who; back on the page."""
+    page.goto(gw.url + path)
+    page.fill("input[name=sub]", sub)
+    page.click("button[type=submit]:has-text('Authorize')")
+
+
+def test_admin_signs_in_and_sees_the_overview(page: Page, console: Gateway) -> None:
+    console.get("/api/projects/proj-1/tasks/task-1/records", sub="alice")
+    sign_in(page, console, "ann")
+    expect(page.get_by_test_id("who")).to_contain_text("lab-idp:ann")
+    expect(page.locator("h1")).to_have_text("Overview")
+    expect(page.get_by_test_id("vendor-row").first).to_contain_text("acme")
+    screenshot(page, "overview")
+
+
+def test_lock_then_exposure_then_two_person_lift(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "ann", CONSOLE + "/locks")
+    page.select_option("[data-testid=lock-kind]", "vendor")
+    page.fill("[data-testid=lock-target]", "acme")
+    page.fill("[data-testid=lock-reason]", "vendor breach drill")
+    page.click("[data-testid=lock-submit]")
+    expect(page.get_by_test_id("lock-state")).to_have_text("active")
+    expect(page.get_by_test_id("exposure")).to_contain_text("distinct records")
+    screenshot(page, "lock-exposure")
+    page.fill("[data-testid=lift-reason]", "drill over")
+    page.click("[data-testid=lift-submit]")
+    expect(page.get_by_test_id("message")).to_contain_text("awaits a second admin")
+    expect(page.get_by_test_id("lock-state")).to_have_text("active")
+    # The same admin is offered no approval.
+    expect(page.get_by_test_id("approve")).to_have_count(0)
+    lock_url = page.url
+    page.click("text=Sign out")
+    # A second admin approves.
+    sign_in(page, console, "adam", CONSOLE + "/locks")
+    expect(page.get_by_test_id("lift-request")).to_have_count(1)
+    screenshot(page, "kill-switch")
+    page.click("[data-testid=approve]")
+    expect(page.get_by_test_id("lock-state")).to_have_text("lifted")
+    assert page.url.endswith("/approve") or "/locks" in page.url or lock_url
+    steps = console.db.rows(
+        "SELECT actor, action FROM admin_events WHERE action LIKE 'lock.%' ORDER BY id"
+    )
+    assert [(s.actor, s.action) for s in steps][-4:] == [
+        ("lab-idp:ann", "lock.create"),
+        ("lab-idp:ann", "lock.lift_requested"),
+        ("lab-idp:adam", "lock.lift_approved"),
+        ("lab-idp:adam", "lock.lift"),
+    ]
+
+
+def test_contractor_is_refused(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "carol")
+    expect(page.get_by_test_id("problem")).to_contain_text("admins and auditors")
+
+
+def test_an_auditor_cannot_use_the_kill_switch(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "audrey", CONSOLE + "/locks")
+    expect(page.get_by_test_id("problem")).to_contain_text("admin role")
+
+
+def test_a_form_without_its_csrf_token_is_refused(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "ann", CONSOLE + "/locks")
+    page.evaluate(
+        "document.querySelectorAll('form.lockform input[name=csrf_token]').forEach(e => e.remove())"
+    )
+    page.fill("[data-testid=lock-target]", "acme")
+    page.fill("[data-testid=lock-reason]", "forged")
+    page.click("[data-testid=lock-submit]")
+    expect(page.get_by_test_id("problem")).to_contain_text("CSRF")
+    assert not console.db.rows("SELECT id FROM locks WHERE reason = 'forged'")
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["//evil.example/", "/\\evil.example/", "/%09/evil.example/", "https://lab.evil/",
+     "https://evil@lab/"],
+)  # fmt: skip
+def test_sign_in_stays_in_the_console(page: Page, console: Gateway, target: str) -> None:
+    page.goto(console.url + CONSOLE + "/login?next=" + target.replace("%", "%25"))
+    page.fill("input[name=sub]", "ann")
+    page.click("button[type=submit]:has-text('Authorize')")
+    expect(page.locator("h1")).to_have_text("Overview")
+    assert page.url == console.url + CONSOLE + "/"
+
+
+def test_a_lock_on_the_signed_in_admin_ends_the_session(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "audrey")
+    expect(page.get_by_test_id("who")).to_contain_text("lab-idp:audrey")
+    made = console.cli("lock", "contractor", "lab-idp:audrey", "--reason", "drill", "--force",
+                       "--json")  # fmt: skip
+    lock_id: Any = json.loads(made.stdout)["id"]
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            page.reload()
+            if page.get_by_test_id("ended").count():
+                break
+            time.sleep(0.2)
+        expect(page.get_by_test_id("ended")).to_have_attribute("data-reason", "locked")
+    finally:
+        console.cli("unlock", str(lock_id), "--reason", "drill over")
