@@ -186,3 +186,31 @@ def test_a_lock_on_the_signed_in_admin_ends_the_session(page: Page, console: Gat
         expect(page.get_by_test_id("ended")).to_have_attribute("data-reason", "locked")
     finally:
         console.cli("unlock", str(lock_id), "--reason", "drill over")
+
+
+def test_auditor_finds_a_records_provenance_and_the_exposure(page: Page, console: Gateway) -> None:
+    served = console.get("/api/projects/proj-1/tasks/task-1/records", sub="alice")
+    assert served.status_code == 200
+    record_id = served.json()["records"][0]["id"]
+    sign_in(page, console, "audrey", CONSOLE + "/audit")
+    page.fill("[data-testid=filter-vendor]", "acme")
+    page.click("[data-testid=search]")
+    expect(page.get_by_test_id("event-row").first).to_contain_text("acme-idp:alice")
+    screenshot(page, "audit-explorer")
+    page.goto(console.url + CONSOLE + "/audit?record=" + record_id)
+    page.click(f"a:has-text('{record_id}')")
+    expect(page.get_by_test_id("access-row").first).to_contain_text("acme-idp:alice")
+    screenshot(page, "record-provenance")
+    page.goto(console.url + CONSOLE + "/audit/exposure")
+    page.fill("[data-testid=exposure-vendor]", "acme")
+    page.click("[data-testid=exposure-submit]")
+    expect(page.get_by_test_id("exposure-totals")).to_contain_text("distinct records")
+    screenshot(page, "exposure")
+    with page.expect_download() as download:
+        page.click("[data-testid=manifest]")
+    body = Path(download.value.path()).read_text()
+    assert record_id in body
+    reads = console.db.rows(
+        "SELECT action FROM admin_events WHERE actor = 'lab-idp:audrey' AND action LIKE 'audit.%'"
+    )
+    assert {r.action for r in reads} >= {"audit.query", "audit.record", "audit.exposure"}
