@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import Gateway, Proc, launch_gateway, new_database
 from tests.test_console_login import CONSOLE, CONSOLE_CONFIG
@@ -214,3 +215,44 @@ def test_auditor_finds_a_records_provenance_and_the_exposure(page: Page, console
         "SELECT action FROM admin_events WHERE actor = 'lab-idp:audrey' AND action LIKE 'audit.%'"
     )
     assert {r.action for r in reads} >= {"audit.query", "audit.record", "audit.exposure"}
+
+
+def test_auditor_triages_an_alert_and_an_admin_escalates_it(page: Page, console: Gateway) -> None:
+    # An alert as `gateway anomalies scan` would raise it (the detectors have their own tests).
+    now = "2026-12-04 00:00:00+00:00"
+    with console.db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO anomaly_alerts (dedup_key, detector, severity, contractor, issuer,"
+                " subject, vendor, window_start, window_end, detected_at, score, explanation,"
+                " evidence, status, notes, created_at, updated_at, last_seen_at) VALUES"
+                " ('console-test', 'volume_spike', 'high', 'acme-idp:bob', 'acme-idp', 'bob',"
+                " 'acme', :now, :now, :now, 9.5, 'bob read 10x his usual hour',"
+                " :evidence, 'open', '', :now, :now, :now)"
+            ),
+            {"now": now, "evidence": json.dumps({"query": {"contractor": "acme-idp:bob"}})},
+        )
+    sign_in(page, console, "audrey", CONSOLE + "/alerts")
+    expect(page.get_by_test_id("alert-row").first).to_contain_text("volume_spike")
+    screenshot(page, "alerts")
+    page.click("[data-testid=alert-row] a")
+    page.select_option("[data-testid=triage-status]", "acknowledged")
+    page.fill("[data-testid=triage-assignee]", "audrey")
+    page.click("[data-testid=triage-submit]")
+    expect(page.get_by_test_id("alert-status")).to_have_text("acknowledged")
+    expect(page.get_by_test_id("evidence-link")).to_have_attribute(
+        "href", CONSOLE + "/audit?contractor=acme-idp:bob"
+    )
+    # An auditor is offered no escalation; an admin locks bob from the alert.
+    expect(page.get_by_test_id("escalate-submit")).to_have_count(0)
+    alert_url = page.url
+    page.click("text=Sign out")
+    sign_in(page, console, "ann", alert_url.removeprefix(console.url))
+    page.fill("[data-testid=escalate-reason]", "volume spike confirmed")
+    page.click("[data-testid=escalate-submit]")
+    expect(page.get_by_test_id("lock-state")).to_have_text("active")
+    locks = console.db.rows(
+        "SELECT id, actor FROM locks WHERE target = 'acme-idp:bob' AND lifted_at IS NULL"
+    )
+    assert [lock.actor for lock in locks] == ["lab-idp:ann"]
+    console.cli("unlock", str(locks[0].id), "--reason", "test over")
