@@ -256,3 +256,50 @@ def test_auditor_triages_an_alert_and_an_admin_escalates_it(page: Page, console:
     )
     assert [lock.actor for lock in locks] == ["lab-idp:ann"]
     console.cli("unlock", str(locks[0].id), "--reason", "test over")
+
+
+def test_grant_with_preview_then_explain_then_history(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "ann", CONSOLE + "/access")
+    before = int(page.get_by_test_id("policy-version").inner_text())
+    page.fill("[data-testid=change-sub]", "acme-idp:bob")
+    page.fill("[data-testid=change-project]", "proj-2")
+    page.select_option("[data-testid=change-action]", "read")
+    page.fill("[data-testid=change-reason]", "bob joins proj-2")
+    page.click("[data-testid=preview]")
+    expect(page.get_by_test_id("change")).to_contain_text("Preview: nothing stored yet")
+    expect(page.get_by_test_id("diff")).to_contain_text("+ p, acme-idp:bob, proj-2, *, read, allow")
+    expect(page.get_by_test_id("change")).to_contain_text("Projects touched: proj-2")
+    assert int(page.get_by_test_id("policy-version").inner_text()) == before
+    screenshot(page, "access-preview")
+    page.click("[data-testid=commit]")
+    expect(page.get_by_test_id("change")).to_contain_text(f"Stored as policy version {before + 1}")
+    page.goto(console.url + CONSOLE + "/access/explain")
+    page.fill("[data-testid=explain-sub]", "acme-idp:bob")
+    page.fill("[data-testid=explain-project]", "proj-2")
+    page.select_option("[data-testid=explain-action]", "read")
+    page.click("[data-testid=explain-submit]")
+    expect(page.get_by_test_id("decision")).to_contain_text("allow")
+    screenshot(page, "explain")
+    page.goto(console.url + CONSOLE + "/access/history")
+    expect(page.get_by_test_id("version-row").first).to_contain_text("bob joins proj-2")
+    events = console.db.rows(
+        "SELECT actor FROM admin_events WHERE action = 'policy.grant' ORDER BY id DESC LIMIT 1"
+    )
+    assert events[0].actor == "lab-idp:ann"
+
+
+def test_a_stale_preview_is_refused_at_commit(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "ann", CONSOLE + "/access")
+    page.fill("[data-testid=change-sub]", "acme-idp:bob")
+    page.fill("[data-testid=change-project]", "proj-3")
+    page.select_option("[data-testid=change-action]", "read")
+    page.fill("[data-testid=change-reason]", "raced")
+    page.click("[data-testid=preview]")
+    # Someone else changes the policy between preview and commit.
+    console.cli("policy", "grant", "--sub", "acme-idp:alice", "--project", "proj-3",
+                "--action", "read", "--reason", "meanwhile", "--actor", "other")  # fmt: skip
+    page.click("[data-testid=commit]")
+    expect(page.get_by_test_id("problem")).to_contain_text("the policy changed")
+    assert not console.db.rows(
+        "SELECT id FROM admin_events WHERE reason = 'raced' AND action = 'policy.grant'"
+    )

@@ -23,16 +23,15 @@ from gateway.cli import _load, config_option
 from gateway.cli.errors import friendly_errors, refuse
 from gateway.cli.output import (
     format_span,
-    format_time,
     json_option,
     print_json,
     print_table,
 )
+from gateway.policy.listing import rule_row
 
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.policy.admin import ChangeResult, PolicyAdmin
-    from gateway.policy.rules import Rule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -191,39 +190,6 @@ def print_change(result: ChangeResult, done: str, as_json: bool = False) -> None
         )
     else:
         click.echo(f"{done} as policy version {result.version}")
-
-
-def rule_kind(rule: Rule) -> str:
-    if rule.ptype == "g":
-        return "member"
-    if rule.subject.startswith("role:"):
-        return "role"
-    return "grant" if rule.values[4] == "allow" else "deny"
-
-
-def rule_row(rule: Rule, now: float) -> dict[str, Any]:
-    if rule.ptype == "g":
-        task, action, role, effect = "*", None, rule.values[1], "allow"
-    else:
-        task, action, role, effect = rule.values[2], rule.values[3], None, rule.values[4]
-        if rule.subject.startswith("role:"):
-            role = rule.subject
-    expires = None
-    if rule.not_after is not None:
-        expires = format_time(rule.not_after)
-    return {
-        "type": rule_kind(rule),
-        "subject": rule.subject,
-        "project": rule.project,
-        "task": task,
-        "action": action,
-        "role": role,
-        "effect": effect,
-        "from": format_time(rule.not_before) if rule.not_before is not None else None,
-        "expires": expires,
-        "in_force": rule.in_force(now),
-        "rule": rule.to_csv_line(),
-    }
 
 
 # --- the group -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from flask import (
     session,
 )
 
-from gateway.console import alerts, explorer, killswitch, login
+from gateway.console import access, alerts, explorer, killswitch, login
 from gateway.console.security import csrf_ok, csrf_token, secure_headers
 from gateway.console.sessions import CONSOLE_PREFIX, ConsoleSessionInterface
 
@@ -117,6 +117,7 @@ def _record(actor: str, action: str, after: dict[str, Any]) -> None:
 killswitch.register(console_blueprint)
 explorer.register(console_blueprint)
 alerts.register(console_blueprint)
+access.register(console_blueprint)
 
 
 def install_console(app: Flask) -> None:
