@@ -81,3 +81,21 @@ def print_cli_environment(demo: Demo) -> None:
         "  gateway policy list --project proj-2\n"
         "  gateway audit query --vendor acme"
     )
+
+
+def print_console(demo: Demo) -> None:
+    """Where the console is, who may sign in, and a breach drill to copy."""
+    gw = demo.ports.gateway_url
+    click.echo(
+        f"\nThe console: {gw}/_gateway/console/\n"
+        "  sign in at the demo IdP's form as ann or adam (admins) or audrey (auditor);\n"
+        "  alice, bob and carol are contractors: the console refuses them.\n"
+        "\nA breach drill (with the environment above):\n"
+        '  gateway lock vendor acme --reason "breach drill" --json   # note the lock id\n'
+        "  # alice is refused now (403 locked); what acme's people received:\n"
+        "  gateway audit exposure --vendor acme --manifest acme.csv\n"
+        "  gateway audit verify-manifest acme.csv\n"
+        '  gateway unlock LOCK_ID --reason "drill over" --actor ann   # asks to lift...\n'
+        "  gateway unlock --approve REQUEST --actor adam   # ...a second admin approves\n"
+        "  (or in the console: Kill switch, as ann, then as adam)"
+    )

@@ -36,6 +36,8 @@ DEMO_USERS = [
     # The lab's own people: roles count because the demo config trusts this issuer's.
     {"sub": "ann", "vendor": "lab", "email": "ann@lab.example", "roles": ["admin"]},
     {"sub": "audrey", "vendor": "lab", "email": "audrey@lab.example", "roles": ["auditor"]},
+    # A second admin: lifting a vendor lock takes two.
+    {"sub": "adam", "vendor": "lab", "email": "adam@lab.example", "roles": ["admin"]},
 ]
 TAIL_LINES = 40
 

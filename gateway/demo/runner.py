@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 
 from gateway.demo.errors import DemoError
-from gateway.demo.instructions import print_cli_environment, print_commands
+from gateway.demo.instructions import print_cli_environment, print_commands, print_console
 from gateway.demo.paths import DEMO_POLICY, VAR, display
 from gateway.demo.processes import Demo, Ports
 from gateway.demo.setup import (
@@ -87,7 +87,7 @@ def main(
         click.echo(
             "\nUp and running:\n"
             f"  OIDC provider    {ports.idp_url}  alice, bob (vendor acme), carol (globex);\n"
-            "                   the lab's ann (admin) and audrey (auditor)\n"
+            "                   the lab's ann and adam (admins) and audrey (auditor)\n"
             f"  dataset service  {ports.upstream_url}  (answers only the gateway's token)\n"
             f"  gateway          {ports.gateway_url}  policy: {display(DEMO_POLICY)}\n"
             f"  access log       {display(demo.db_path)}"
@@ -96,6 +96,7 @@ def main(
         print_commands(demo)
         write_env_file(demo)
         print_cli_environment(demo)
+        print_console(demo)
         if check:
             if problems:
                 click.echo("\nCHECK FAILED:\n" + "\n".join(f"  - {p}" for p in problems))

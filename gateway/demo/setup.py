@@ -101,6 +101,17 @@ def write_demo_config(ports: Ports, db_path: Path, path: Path) -> None:
         if text.count(old) != 1:
             raise DemoError(f"{BASE_CONFIG} does not contain {old.strip()!r} once; cannot adapt it")
         text = text.replace(old, new)
+    text += (
+        "\n# The console for the demo's admins and auditors, over plain HTTP (development only:\n"
+        "# a deployment serves it over HTTPS with Secure cookies).\n"
+        "[console]\n"
+        "enabled = true\n"
+        f'issuers = ["{DEMO_ISSUER}"]\n'
+        'client_id = "gateway-console"\n'
+        'client_secret = "demo-console-secret"\n'
+        f'public_url = "{ports.gateway_url}"\n'
+        "cookie_secure = false\n"
+    )
     header = (
         "# Written by `python -m gateway.demo.runner` from config/gateway.toml for the running\n"
         "# demo (its ports, its database, its signing key, roles_trusted for its IdP);\n"
