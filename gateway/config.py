@@ -442,7 +442,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         raise ConfigError("config", "must be a table")
     raw = dict(raw)
     # `${ENV}` references are expanded where secrets and addresses live.
-    for section in ("database", "issuers", "upstream"):
+    for section in ("database", "issuers", "upstream", "console"):
         if section in raw:
             raw[section] = expand_env(raw[section], section, environ)
     return validated(Config, raw)

@@ -223,3 +223,25 @@ def test_anomaly_table_is_part_of_the_gateway_config(tmp_path: Path) -> None:
         error = refused({**base_raw(), "anomaly": table})
         assert error.key == key, error
     assert refused({**base_raw(), "anomaly": "on"}).key == "anomaly"
+
+
+def test_console_secret_comes_from_the_environment() -> None:
+    raw = base_raw()
+    raw["issuers"][0]["roles_trusted"] = True
+    raw["console"] = {
+        "enabled": True,
+        "issuers": ["acme-idp"],
+        "client_id": "gateway-console",
+        "client_secret": "${UNIT_CONSOLE_SECRET}",
+        "public_url": "https://gateway.test",
+    }
+    config = parse_config(raw, {"UNIT_CONSOLE_SECRET": "s3cret"})
+    assert config.console.client_secret == "s3cret"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {})
+    assert "UNIT_CONSOLE_SECRET" in str(info.value)
+    # Console roles only from an issuer trusted for roles.
+    raw["issuers"][0]["roles_trusted"] = False
+    with pytest.raises(ConfigError) as untrusted:
+        parse_config(raw, {"UNIT_CONSOLE_SECRET": "s3cret"})
+    assert untrusted.value.key == "console.issuers"

@@ -198,6 +198,9 @@ def test_auditor_finds_a_records_provenance_and_the_exposure(page: Page, console
     page.click("[data-testid=search]")
     expect(page.get_by_test_id("event-row").first).to_contain_text("acme-idp:alice")
     screenshot(page, "audit-explorer")
+    with page.expect_download() as exported:
+        page.click("[data-testid=export-csv]")
+    assert record_id in Path(exported.value.path()).read_text()
     page.goto(console.url + CONSOLE + "/audit?record=" + record_id)
     page.click(f"a:has-text('{record_id}')")
     expect(page.get_by_test_id("access-row").first).to_contain_text("acme-idp:alice")
@@ -303,3 +306,17 @@ def test_a_stale_preview_is_refused_at_commit(page: Page, console: Gateway) -> N
     assert not console.db.rows(
         "SELECT id FROM admin_events WHERE reason = 'raced' AND action = 'policy.grant'"
     )
+
+
+def test_role_definition_is_previewed_then_stored(page: Page, console: Gateway) -> None:
+    sign_in(page, console, "ann", CONSOLE + "/access")
+    page.locator("form:has([data-testid=role-name]) input[name=project]").fill("proj-2")
+    page.fill("[data-testid=role-name]", "reviewer")
+    page.fill("[data-testid=role-actions]", "read,review")
+    page.locator("form:has([data-testid=role-name]) input[name=reason]").fill("reviewers")
+    page.locator("form:has([data-testid=role-name]) button").click()
+    expect(page.get_by_test_id("diff")).to_contain_text(
+        "+ p, role:reviewer, proj-2, *, review, allow"
+    )
+    page.click("[data-testid=commit]")
+    expect(page.get_by_test_id("change")).to_contain_text("Stored as policy version")

@@ -104,7 +104,7 @@ def _window(form: Any) -> tuple[float | None, float | None]:
 
 
 def change() -> Any:
-    """grant / deny / revoke: `step=preview` shows the diff, `step=commit` stores it."""
+    """grant / deny / revoke / role: `step=preview` shows the diff, `step=commit` stores it."""
     form = request.form
     kind = form.get("kind", "")
     commit = form.get("step") == "commit"
@@ -145,8 +145,20 @@ def change() -> Any:
                 result = admin.grant(role=role, action=action, **common)
             else:
                 result = admin.deny(action=form.get("action", "").strip(), **common)
+        elif kind == "role":
+            actions = [a.strip() for a in form.get("actions", "").split(",") if a.strip()]
+            result = admin.define_role(
+                actor=actor,
+                reason=reason,
+                project=form.get("project", "").strip(),
+                role=form.get("role", "").strip(),
+                actions=actions,
+                base_version=base_version,
+                dry_run=not commit,
+                new_project=form.get("new_project") == "on",
+            )
         else:
-            raise PolicyValidationError({"kind": "grant, deny or revoke"})
+            raise PolicyValidationError({"kind": "grant, deny, revoke or role"})
     except PolicyValidationError as error:
         return access_page(problems=error.errors, form=form)
     except PolicyFileError as error:

@@ -41,6 +41,7 @@ def register(blueprint: Blueprint) -> None:
     blueprint.add_url_rule(
         "/audit/exposure/manifest", "manifest", require("auditor")(exposure_manifest)
     )
+    blueprint.add_url_rule("/audit/export", "export", require("auditor")(export))
 
 
 def _given(names: tuple[str, ...]) -> dict[str, str]:
@@ -182,3 +183,37 @@ def _chain_heads() -> list[dict[str, Any]]:
         }
         for row in rows
     ]
+
+
+def export() -> Any:
+    """The access log (vendor, project, window) as CSV, JSON lines or OCSF: a download."""
+    from datetime import UTC, datetime
+
+    from gateway.audit.export import FORMATS, ExportError, ExportFilter, export_chunks, parse_time
+
+    params = _given(("vendor", "project", "since", "until", "format"))
+    fmt = params.get("format", "csv")
+    try:
+        if fmt not in FORMATS:
+            raise ExportError("format", f"one of {', '.join(FORMATS)}")
+        filters = ExportFilter(
+            vendor=params.get("vendor"),
+            project=params.get("project"),
+            since=parse_time(params["since"], "since") if "since" in params else None,
+            until=parse_time(params["until"], "until") if "until" in params else None,
+        )
+    except ExportError as error:
+        return render_template("error.html", message=f"{error.field}: {error.message}"), 400
+    db = _services().db
+    query.log_read(
+        db,
+        actor=g.principal.policy_subject,
+        action="audit.export",
+        query={"format": fmt, **filters.as_json(), "via": "console"},
+        result={},
+    )
+    media_type, suffix = FORMATS[fmt]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    response = Response(export_chunks(db, fmt, filters), content_type=media_type)
+    response.headers["Content-Disposition"] = f'attachment; filename="access-log-{stamp}.{suffix}"'
+    return response
