@@ -183,3 +183,25 @@ def test_a_lock_ends_the_session(console: Gateway) -> None:
         assert ended
     finally:
         console.cli("unlock", str(lock_id), "--reason", "drill over")
+
+
+def test_an_admin_ends_a_persons_sessions_at_once(console: Gateway) -> None:
+    browser = sign_in(console, "audrey")
+    assert browser.get(console.url + CONSOLE + "/", timeout=10).status_code == 200
+    import json
+
+    listed = json.loads(console.cli("console", "sessions", "--json").stdout)
+    assert "lab-idp:audrey" in {s["subject"] for s in listed["sessions"]}
+    ended = console.cli("console", "end", "lab-idp:audrey", "--reason", "role withdrawn",
+                        "--json")  # fmt: skip
+    assert json.loads(ended.stdout)["ended"] >= 1
+    after = browser.get(console.url + CONSOLE + "/", allow_redirects=False, timeout=10)
+    assert after.status_code == 302 and "/login" in after.headers["Location"]
+
+
+def test_the_audit_page_shows_the_last_verification(console: Gateway) -> None:
+    console.cli("audit", "verify")
+    browser = sign_in(console, "audrey", CONSOLE + "/audit")
+    page = browser.get(console.url + CONSOLE + "/audit", timeout=10)
+    assert 'data-testid="last-verify" class="ok"' in page.text
+    assert "no tampering found" in page.text

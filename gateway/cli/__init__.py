@@ -315,3 +315,7 @@ main.add_command(catalogue_group)
 from gateway.cli.keys import keys_group  # noqa: E402
 
 main.add_command(keys_group)
+
+from gateway.cli.console import console_group  # noqa: E402
+
+main.add_command(console_group)

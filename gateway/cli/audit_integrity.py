@@ -270,12 +270,36 @@ def verify_command(
                 )
         else:
             report = verify_log(engine, since=since, anchors=anchors, keys=keys)
+        # The console's audit page shows when the log was last verified, and the outcome;
+        # an auditor verifying with read-only credentials still gets the verdict.
+        _record_verification(engine, report)
     if as_json:
         print_json(report.as_json())
     else:
         _print_report(report)
     if not report.ok:
         raise SystemExit(1)
+
+
+def _record_verification(engine: Engine, report: VerifyReport) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        _record(
+            engine,
+            actor=f"cli:{os.environ.get('USER', 'unknown')}",
+            action="audit.verify",
+            target={
+                "ok": report.ok,
+                "rows": report.rows,
+                "chains": report.chains,
+                "problems": report.problem_count,
+                "keys_pinned": report.keys_pinned,
+            },
+            reason="",
+        )
+    except SQLAlchemyError as error:
+        click.echo(f"note: the verification was not recorded ({type(error).__name__})", err=True)
 
 
 def _pinned_keys(jwks_path: str | None) -> Any:

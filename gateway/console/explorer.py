@@ -73,6 +73,7 @@ def explorer() -> Any:
         problem=problem,
         filters=EVENT_FILTERS,
         chains=_chain_heads(),
+        verified=_last_verification(),
     ), (400 if problem else 200)
 
 
@@ -161,6 +162,26 @@ def exposure_manifest() -> Any:
     response.headers["X-Manifest-Signature"] = json.dumps(document, separators=(",", ":"))
     response.headers["X-Manifest-SHA256"] = document["sha256"]
     return response
+
+
+def _last_verification() -> dict[str, Any] | None:
+    """The newest `gateway audit verify` run, as it recorded itself in admin_events."""
+    from gateway.db.models import AdminEvent
+
+    with _services().db.connect() as connection:
+        row = connection.execute(
+            select(AdminEvent.time, AdminEvent.actor, AdminEvent.target)
+            .where(AdminEvent.action == "audit.verify")
+            .order_by(AdminEvent.id.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    try:
+        outcome = json.loads(row.target)
+    except ValueError:
+        outcome = {}
+    return {"time": query.format_time(row.time), "actor": row.actor, **outcome}
 
 
 def _chain_heads() -> list[dict[str, Any]]:
