@@ -205,3 +205,14 @@ def test_the_audit_page_shows_the_last_verification(console: Gateway) -> None:
     page = browser.get(console.url + CONSOLE + "/audit", timeout=10)
     assert 'data-testid="last-verify" class="ok"' in page.text
     assert "no tampering found" in page.text
+
+
+def test_access_rules_filter_by_vendor_and_page(console: Gateway) -> None:
+    browser = sign_in(console, "ann", CONSOLE + "/access")
+    acme = browser.get(console.url + CONSOLE + "/access", params={"vendor": "acme"}, timeout=10)
+    assert acme.status_code == 200
+    assert "vendor:acme" in acme.text and "lab-idp:carol" not in acme.text
+    everyone = browser.get(console.url + CONSOLE + "/access", params={"page": "1"}, timeout=10)
+    assert "lab-idp:carol" in everyone.text
+    beyond = browser.get(console.url + CONSOLE + "/access", params={"page": "99"}, timeout=10)
+    assert beyond.status_code == 200 and "rule-row" not in beyond.text

@@ -17,6 +17,8 @@ from gateway.policy.admin import PolicyValidationError, subject_name
 from gateway.policy.listing import rule_row
 from gateway.policy.rules import PolicyFileError, parse_instant
 
+RULES_PER_PAGE = 200
+
 
 def _services() -> Any:
     return current_app.extensions["gateway"]
@@ -54,9 +56,16 @@ def access_page(
     result: Any = None, problems: dict[str, str] | None = None, form: Any = None
 ) -> Any:
     version, rules = _admin().list_rules()
+    wanted_vendor = request.args.get("vendor", "").strip()
+    if wanted_vendor:
+        rules = [rule for rule in rules if _vendor_of(rule.subject) == wanted_vendor]
+    page_text = request.args.get("page", "1")
+    page = int(page_text) if page_text.isdigit() and int(page_text) > 0 else 1
+    pages = max(1, -(-len(rules) // RULES_PER_PAGE))
+    shown = rules[(page - 1) * RULES_PER_PAGE : page * RULES_PER_PAGE]
     now = time.time()
     groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for rule in rules:
+    for rule in shown:
         groups[_vendor_of(rule.subject)][rule.subject].append(rule_row(rule, now))
     return render_template(
         "access.html",
@@ -67,6 +76,7 @@ def access_page(
         result=result,
         problems=problems or {},
         form=form or {},
+        paging={"page": page, "pages": pages, "vendor": wanted_vendor, "rules": len(rules)},
     ), (409 if problems and "base_version" in problems else 400 if problems else 200)
 
 
