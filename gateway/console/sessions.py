@@ -113,6 +113,13 @@ class ConsoleSessionInterface(SessionInterface):
                 else timedelta(minutes=self.config.login_timeout_minutes)
             )
             with self.engine.begin() as connection:
+                # Expired and ended sessions are kept an hour (for the record), then
+                # dropped here, so sign-ins that were never finished do not pile up.
+                connection.execute(
+                    delete(ConsoleSession).where(
+                        ConsoleSession.expires_at < now - timedelta(hours=1)
+                    )
+                )
                 if session.id_hash is not None:
                     connection.execute(
                         delete(ConsoleSession).where(ConsoleSession.id_hash == session.id_hash)
