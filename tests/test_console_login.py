@@ -216,3 +216,20 @@ def test_access_rules_filter_by_vendor_and_page(console: Gateway) -> None:
     assert "lab-idp:carol" in everyone.text
     beyond = browser.get(console.url + CONSOLE + "/access", params={"page": "99"}, timeout=10)
     assert beyond.status_code == 200 and "rule-row" not in beyond.text
+
+
+def test_locks_and_history_pages_list_everything_in_pages(console: Gateway) -> None:
+    browser = sign_in(console, "ann", CONSOLE + "/locks")
+    made = console.cli("lock", "contractor", "acme-idp:bob", "--reason", "paging", "--json")
+    import json
+
+    lock_id = json.loads(made.stdout)["id"]
+    console.cli("unlock", str(lock_id), "--reason", "paging done")
+    active = browser.get(console.url + CONSOLE + "/locks", timeout=10).text
+    every = browser.get(console.url + CONSOLE + "/locks", params={"all": "1"}, timeout=10).text
+    assert f">{lock_id}</a>" not in active and f">{lock_id}</a>" in every
+    history = browser.get(console.url + CONSOLE + "/access/history", timeout=10)
+    assert history.status_code == 200 and "version-row" in history.text
+    empty = browser.get(console.url + CONSOLE + "/access/history", params={"before": "1"},
+                        timeout=10)  # fmt: skip
+    assert "version-row" not in empty.text

@@ -18,6 +18,7 @@ from gateway.policy.listing import rule_row
 from gateway.policy.rules import PolicyFileError, parse_instant
 
 RULES_PER_PAGE = 200
+HISTORY_PAGE = 50
 
 
 def _services() -> Any:
@@ -186,7 +187,12 @@ def change() -> Any:
 
 
 def history_page() -> Any:
-    return render_template("history.html", versions=_admin().history(limit=50))
+    before = request.args.get("before", "")
+    versions = _admin().history(
+        limit=HISTORY_PAGE, before=int(before) if before.isdigit() else None
+    )
+    older = versions[-1].id if len(versions) == HISTORY_PAGE else None
+    return render_template("history.html", versions=versions, older=older)
 
 
 def version_page(version: int) -> Any:

@@ -14,6 +14,8 @@ from gateway.lockout.lifts import approve_lift, pending_requests, request_lift
 from gateway.lockout.store import check_target, get_lock, parse_duration
 from gateway.lockout.targets import unknown_target_problem
 
+LOCKS_PER_PAGE = 100
+
 
 def _services() -> Any:
     return current_app.extensions["gateway"]
@@ -36,9 +38,15 @@ def register(blueprint: Blueprint) -> None:
 
 def locks_page(problems: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Any:
     services = _services()
+    everything = request.args.get("all") == "1"
+    locks = list_locks(services.db, include_inactive=everything)
+    page_text = request.args.get("page", "1")
+    page = int(page_text) if page_text.isdigit() and int(page_text) > 0 else 1
+    pages = max(1, -(-len(locks) // LOCKS_PER_PAGE))
     return render_template(
         "locks.html",
-        locks=list_locks(services.db),
+        locks=locks[(page - 1) * LOCKS_PER_PAGE : page * LOCKS_PER_PAGE],
+        paging={"page": page, "pages": pages, "all": everything},
         requests=pending_requests(services.db),
         kinds=LOCK_KINDS,
         two_person=services.config.lockout.two_person_lift,

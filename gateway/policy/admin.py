@@ -197,8 +197,8 @@ class PolicyAdmin:
         self._engine.refresh()
         return self._engine
 
-    def history(self, limit: int = 50) -> list[store.VersionInfo]:
-        return store.history(self.db, limit=limit)
+    def history(self, limit: int = 50, before: int | None = None) -> list[store.VersionInfo]:
+        return store.history(self.db, limit=limit, before=before)
 
     def diff(self, older: int, newer: int) -> dict[str, list[str]]:
         try:

@@ -176,11 +176,13 @@ def replace_rules(
     )
 
 
-def history(engine: Engine, *, limit: int = 50) -> list[VersionInfo]:
+def history(engine: Engine, *, limit: int = 50, before: int | None = None) -> list[VersionInfo]:
+    """The newest versions (older than `before`, for the next page), newest first."""
+    statement = select(*_VERSION_COLUMNS).order_by(PolicyVersion.id.desc()).limit(limit)
+    if before is not None:
+        statement = statement.where(PolicyVersion.id < before)
     with engine.connect() as connection:
-        rows = connection.execute(
-            select(*_VERSION_COLUMNS).order_by(PolicyVersion.id.desc()).limit(limit)
-        ).all()
+        rows = connection.execute(statement).all()
     return [_version_info(row) for row in rows]
 
 
