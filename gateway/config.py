@@ -33,6 +33,7 @@ from gateway.configbase import (
     Share,
     Text,
     read_secret_file,
+    secret_from_file,
     validated,
 )
 from gateway.console.config import ConsoleConfig, LockKind
@@ -144,12 +145,7 @@ class IssuerConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_from_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("client_secret_file") is not None:
-            if data.get("client_secret") is not None:
-                raise Problem("client_secret_file", "set client_secret or its file")
-            secret = read_secret_file(data["client_secret_file"], "client_secret_file")
-            data = {**data, "client_secret": secret}
-        return data
+        return secret_from_file(data)
 
     @field_validator("issuer")
     @classmethod
@@ -239,11 +235,7 @@ class DatabaseConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _url_from_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("url_file") is not None:
-            if "url" in data:
-                raise Problem("url_file", "set url or url_file, not both")
-            data = {**data, "url": read_secret_file(data["url_file"], "url_file")}
-        return data
+        return secret_from_file(data, "url")
 
     @model_validator(mode="after")
     def _has_url(self) -> DatabaseConfig:

@@ -201,3 +201,13 @@ def read_secret_file(value: Any, key: str) -> str:
     if not secret:
         raise ConfigError(key, f"{path} is empty")
     return secret
+
+
+def secret_from_file(data: Any, field: str = "client_secret") -> Any:
+    """For a model's "before" check: `<field>_file` read into `<field>` (not both given)."""
+    file_field = f"{field}_file"
+    if isinstance(data, dict) and data.get(file_field) is not None:
+        if data.get(field) is not None:
+            raise Problem(file_field, f"set {field} or {file_field}, not both")
+        data = {**data, field: read_secret_file(data[file_field], file_field)}
+    return data

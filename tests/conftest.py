@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -517,6 +518,25 @@ def launch_gateway(
     )
     wait_ready(gateway.url)
     return gateway
+
+
+@contextmanager
+def dedicated_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    idp: Proc,
+    opaque_idp: Proc,
+    upstream: Proc,
+    name: str,
+    **options: Any,
+) -> Iterator[Gateway]:
+    """A gateway of its own on its own SQLite database, for tests that change what others
+    rely on (lock whole vendors, grant, fuzz); stopped when the block ends."""
+    with new_database("sqlite", tmp_path_factory) as db:
+        gw = launch_gateway(tmp_path_factory.mktemp(name), db, idp, opaque_idp, upstream, **options)
+        try:
+            yield gw
+        finally:
+            gw.proc.stop()
 
 
 def wait_ready(url: str, timeout: float = 20.0) -> None:

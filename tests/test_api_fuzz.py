@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.api.openapi import OPENAPI_PATH, OPERATIONS, document
-from tests.conftest import Gateway, Proc, launch_gateway, new_database
+from tests.conftest import Gateway, Proc, dedicated_gateway
 
 
 @schemathesis.check
@@ -50,12 +50,8 @@ EXAMPLES = 30
 def fuzzed_gateway(
     tmp_path_factory: pytest.TempPathFactory, idp: Proc, opaque_idp: Proc, upstream: Proc
 ) -> Iterator[Gateway]:
-    with new_database("sqlite", tmp_path_factory) as db:
-        gw = launch_gateway(tmp_path_factory.mktemp("fuzz"), db, idp, opaque_idp, upstream)
-        try:
-            yield gw
-        finally:
-            gw.proc.stop()
+    with dedicated_gateway(tmp_path_factory, idp, opaque_idp, upstream, "fuzz") as gateway:
+        yield gateway
 
 
 # The document the gateway serves (test_served_document_is_the_one_fuzzed checks it is).

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import Gateway, Proc, launch_gateway, new_database
+from tests.conftest import Gateway, Proc, dedicated_gateway
 from tests.test_console_login import CONSOLE, CONSOLE_CONFIG
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,20 +40,16 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: 
 def console(
     tmp_path_factory: pytest.TempPathFactory, idp: Proc, opaque_idp: Proc, upstream: Proc
 ) -> Iterator[Gateway]:
-    with new_database("sqlite", tmp_path_factory) as db:
-        gw = launch_gateway(
-            tmp_path_factory.mktemp("console-browser"),
-            db,
-            idp,
-            opaque_idp,
-            upstream,
-            extra=CONSOLE_CONFIG,
-            two_person_lift='["vendor", "issuer"]',
-        )
-        try:
-            yield gw
-        finally:
-            gw.proc.stop()
+    with dedicated_gateway(
+        tmp_path_factory,
+        idp,
+        opaque_idp,
+        upstream,
+        "console-browser",
+        extra=CONSOLE_CONFIG,
+        two_person_lift='["vendor", "issuer"]',
+    ) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

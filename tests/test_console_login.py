@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from gateway.console.security import safe_next
-from tests.conftest import Gateway, Proc, launch_gateway, new_database
+from tests.conftest import Gateway, Proc, dedicated_gateway
 
 COOKIE = "gateway-console"
 CONSOLE = "/_gateway/console"
@@ -31,14 +31,10 @@ cookie_secure = false
 def console(
     tmp_path_factory: pytest.TempPathFactory, idp: Proc, opaque_idp: Proc, upstream: Proc
 ) -> Iterator[Gateway]:
-    with new_database("sqlite", tmp_path_factory) as db:
-        gw = launch_gateway(
-            tmp_path_factory.mktemp("console"), db, idp, opaque_idp, upstream, extra=CONSOLE_CONFIG
-        )
-        try:
-            yield gw
-        finally:
-            gw.proc.stop()
+    with dedicated_gateway(
+        tmp_path_factory, idp, opaque_idp, upstream, "console", extra=CONSOLE_CONFIG
+    ) as gateway:
+        yield gateway
 
 
 def sign_in(gw: Gateway, sub: str, target: str = CONSOLE + "/") -> requests.Session:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from tests.conftest import Gateway, Proc, launch_gateway, new_database
+from tests.conftest import Gateway, Proc, dedicated_gateway
 
 LOCKS = "/_gateway/admin/locks"
 
@@ -24,19 +24,15 @@ LOCKS = "/_gateway/admin/locks"
 def gw(
     tmp_path_factory: pytest.TempPathFactory, idp: Proc, opaque_idp: Proc, upstream: Proc
 ) -> Iterator[Gateway]:
-    with new_database("sqlite", tmp_path_factory) as db:
-        gateway = launch_gateway(
-            tmp_path_factory.mktemp("two-person"),
-            db,
-            idp,
-            opaque_idp,
-            upstream,
-            two_person_lift='["vendor", "issuer"]',
-        )
-        try:
-            yield gateway
-        finally:
-            gateway.proc.stop()
+    with dedicated_gateway(
+        tmp_path_factory,
+        idp,
+        opaque_idp,
+        upstream,
+        "two-person",
+        two_person_lift='["vendor", "issuer"]',
+    ) as gateway:
+        yield gateway
 
 
 def call(gw: Gateway, who: str, method: str, path: str, body: Any = None) -> requests.Response:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, request
@@ -142,7 +141,9 @@ def exposure_manifest() -> Any:
         raise
     fmt = wanted.format or "csv"
     response = Response(
-        _send(handle), content_type=manifest.MEDIA_TYPES[fmt], direct_passthrough=True
+        manifest.chunks_then_close(handle),
+        content_type=manifest.MEDIA_TYPES[fmt],
+        direct_passthrough=True,
     )
     response.call_on_close(handle.close)
     response.headers["Content-Length"] = str(document["bytes"])
@@ -153,15 +154,6 @@ def exposure_manifest() -> Any:
     response.headers["X-Manifest-Signature"] = json.dumps(document, separators=(",", ":"))
     response.headers["X-Manifest-SHA256"] = document["sha256"]
     return response
-
-
-def _send(handle: IO[bytes]) -> Iterator[bytes]:
-    try:
-        handle.seek(0)
-        while chunk := handle.read(_CHUNK):
-            yield chunk
-    finally:
-        handle.close()
 
 
 def _echo(filters: dict[str, Any], limit: int, cursor: query.Cursor | None) -> dict[str, Any]:

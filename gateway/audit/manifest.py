@@ -218,3 +218,14 @@ def _verify_jws(keys: KeyRing, jws: Any, digest: str, kid: str) -> None:
     signing_input = parts[0].encode("ascii") + b"." + digest.encode("ascii")
     if not keys.check(kid, signing_input, parts[2]):
         raise ManifestInvalid(f"the jws does not verify with gateway key {kid}")
+
+
+def chunks_then_close(handle: IO[bytes], size: int = 64 * 1024) -> Iterator[bytes]:
+    """A manifest written to a temporary file, sent from its start; the file is closed
+    when the answer is done (or the client went away)."""
+    try:
+        handle.seek(0)
+        while chunk := handle.read(size):
+            yield chunk
+    finally:
+        handle.close()

@@ -15,7 +15,7 @@ from gateway.configbase import (
     ReadableFile,
     Section,
     Text,
-    read_secret_file,
+    secret_from_file,
 )
 
 LockKind = Literal["vendor", "contractor", "issuer", "project"]
@@ -47,12 +47,7 @@ class ConsoleConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_from_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("client_secret_file") is not None:
-            if data.get("client_secret") is not None:
-                raise Problem("client_secret_file", "set client_secret or its file")
-            secret = read_secret_file(data["client_secret_file"], "client_secret_file")
-            data = {**data, "client_secret": secret}
-        return data
+        return secret_from_file(data)
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> ConsoleConfig:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, render_template, request
@@ -145,16 +144,8 @@ def exposure_manifest() -> Any:
         handle.close()
         raise
 
-    def chunks() -> Iterator[bytes]:
-        try:
-            handle.seek(0)
-            while chunk := handle.read(64 * 1024):
-                yield chunk
-        finally:
-            handle.close()
-
     fmt = wanted.format or "csv"
-    response = Response(chunks(), content_type=manifest.MEDIA_TYPES[fmt])
+    response = Response(manifest.chunks_then_close(handle), content_type=manifest.MEDIA_TYPES[fmt])
     response.headers["Content-Length"] = str(document["bytes"])
     response.headers["Content-Disposition"] = (
         f'attachment; filename="exposure-manifest-{document["sha256"][:12]}.{fmt}"'
