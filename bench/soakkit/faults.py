@@ -186,7 +186,14 @@ class FaultRunner:
         if self.open_lock is None:
             fault.detail = "no lock to lift"
             return
-        result = self._cli("unlock", self.open_lock, "--reason", "soak fault over")
+        result = self._cli(
+            "unlock", self.open_lock, "--reason", "soak fault over", "--actor", "soak-admin-1",
+            "--json",
+        )  # fmt: skip
+        if result.returncode == 0 and '"lift_request"' in result.stdout:
+            # A vendor lock: a second admin approves the lift (the two-person rule).
+            request = json.loads(result.stdout)["lift_request"]["id"]
+            result = self._cli("unlock", "--approve", str(request), "--actor", "soak-admin-2")
         fault.target = self.open_lock
         fault.ok = result.returncode == 0
         fault.detail = f"lock {self.open_lock}" + (
