@@ -36,12 +36,19 @@ def register_issuers(app: Flask) -> OAuth:
     issuers = {issuer.name: issuer for issuer in app.extensions["gateway"].config.issuers}
     oauth = OAuth(app)
     for name in console.issuers:
+        client_kwargs: dict[str, Any] = {
+            "scope": "openid email profile",
+            "code_challenge_method": "S256",
+        }
+        if issuers[name].ca_file:
+            # The IdP's CA bundle, as for token checks: discovery, JWKS, the token request.
+            client_kwargs["verify"] = issuers[name].ca_file
         oauth.register(
             name=name,
             client_id=console.client_id,
             client_secret=console.client_secret,
             server_metadata_url=issuers[name].discovery,
-            client_kwargs={"scope": "openid email profile", "code_challenge_method": "S256"},
+            client_kwargs=client_kwargs,
         )
     app.extensions["console_oauth"] = oauth
     return oauth
