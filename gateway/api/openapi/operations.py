@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.api.openapi.schemas import ID_32, VERSION
+from gateway.api.openapi.oversight import ID_32
+from gateway.api.openapi.schemas import VERSION
 
 ADMIN_PREFIX = "/_gateway/admin"
 AUDIT_PREFIX = "/_gateway/audit"
