@@ -116,8 +116,10 @@ def test_vendor_lock_stops_every_instance_within_a_second(
 
 
 def test_locked_contractor_gets_locked_error_and_attempts_are_logged(gateway: Gateway, db) -> None:
-    # Earlier locks on acme must have left every worker before this one is made.
+    # Earlier locks on acme must have left every worker before this one is made: one
+    # worker answering is not all of them (each drops a lift within a second).
     _wait_for_access(gateway, "bob")
+    time.sleep(1.0)
     lock = create_lock(
         db, kind="contractor", target="acme-idp:bob", reason="suspicious", actor="test"
     )
