@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
 from gateway.audit import AuditUnavailable, AuditWriter
@@ -164,6 +166,51 @@ def test_stored_row_hash_recomputes_from_what_sqlite_returns(db: Engine) -> None
     assert row_hash(row) == row["row_hash"]
     assert row_hash({**row, "record_id": "rec-2"}) != row["row_hash"]
     assert row_hash({**row, "time": row["time"] + timedelta(microseconds=1)}) != row["row_hash"]
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=40))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.fixed_dictionaries(
+        {
+            **{name: _TEXT for name in ("subject", "user_agent", "record_id", "reason")},
+            "path": st.text(max_size=40),
+        }
+    ),
+    numbers=st.fixed_dictionaries(
+        {name: st.one_of(st.none(), st.integers(0, 2**31 - 1)) for name in ("bytes",)}
+    ),
+)
+def test_writer_hash_is_the_chain_hash_of_any_row(
+    texts: dict[str, Any], numbers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The writer hashes from a JSON prefix made in the request thread: for any values
+    (quotes, backslashes, control characters, non-ASCII, None) it must equal
+    chain.row_hash, which `gateway audit verify` recomputes."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('hash') / 'audit.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        writer = AuditWriter(engine)
+        rows = [access_row("p1", 1, **texts, **numbers), access_row("p1", 2, **texts)]
+        writer.write(rows)
+        writer.close(seal=False)
+        stored = stored_rows(engine)
+        assert check_chains(stored) == {writer.chain_id: 2}
+        for written, row in zip(rows, stored, strict=True):
+            expected = row_hash(
+                {
+                    **written,
+                    "chain_id": row["chain_id"],
+                    "seq": row["seq"],
+                    "prev_hash": row["prev_hash"],
+                }
+            )
+            assert row["row_hash"] == expected
+    finally:
+        engine.dispose()
 
 
 def test_canonical_time_of_utc_and_naive_values() -> None:

@@ -76,9 +76,28 @@ def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
             cursor.close()
 
 
+def prepare_rows(rows: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], bytes]]:
+    """Each row's stored values and the JSON text its chain hash starts with.
+
+    Runs in the requesting thread, so that the writer thread (one per process, every
+    request waits on it) only appends the chain fields and hashes. The text is exactly
+    `orjson.dumps` of the row's HASHED_FIELDS values up to `seq`, without the closing
+    bracket (chain.hash_values): the hash definition does not change.
+    """
+    prepared = []
+    time_texts: dict[Any, str] = {}
+    row_values, dumps = _ROW_VALUES, orjson.dumps
+    for row in rows:
+        stored = row_values(row)
+        stamp = stored[0]
+        time_text = time_texts.get(stamp) or time_texts.setdefault(stamp, canonical_time(stamp))
+        prepared.append((stored, dumps([time_text, *stored[1:]])[:-1]))
+    return prepared
+
+
 @dataclass
 class _Pending:
-    rows: list[dict[str, Any]]
+    rows: list[tuple[tuple[Any, ...], bytes]]
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
     seal: bool = False  # a request to seal the chain head now (no rows)
@@ -159,7 +178,7 @@ class AuditWriter:
         if not rows:
             return
         self.start()
-        pending = _Pending(rows)
+        pending = _Pending(prepare_rows(rows))
         self._queue.put(pending)
         if not pending.done.wait(self._timeout):
             raise AuditUnavailable("audit commit timed out")
@@ -228,18 +247,15 @@ class AuditWriter:
         seq, prev, chain_id = self._seq, self._prev, self.chain_id
         values = []
         append = values.append
-        time_texts: dict[Any, str] = {}
-        row_values, dumps, sha256 = _ROW_VALUES, orjson.dumps, hashlib.sha256
+        sha256 = hashlib.sha256
+        chain = b',"%s",' % chain_id.encode()
         for pending in batch:
-            for row in pending.rows:
+            for stored, prefix in pending.rows:
                 seq += 1
-                stored = row_values(row)
-                stamp = stored[0]
-                time_text = time_texts.get(stamp) or time_texts.setdefault(
-                    stamp, canonical_time(stamp)
-                )
-                # chain.hash_values inlined: this loop runs once for every record released.
-                head = sha256(dumps([time_text, *stored[1:], chain_id, seq, prev])).hexdigest()
+                # The prefix's JSON array continued with chain_id, seq and prev_hash (hex
+                # digits, digits and hex digits: nothing to escape), so the hash is
+                # chain.hash_values' of the whole row.
+                head = sha256(b'%s%s%d,"%s"]' % (prefix, chain, seq, prev.encode())).hexdigest()
                 append((*stored, chain_id, seq, prev, head))
                 prev = head
         with self._db.begin() as connection:

@@ -35,7 +35,17 @@ class RecordAccounting:
         """Each record's verdict; records first seen on a trusted listing are learnt."""
         assert ctx.match is not None
         placements = self.catalogue.placements(ctx.match, [r.record_id for r in records])
-        verdicts = [self.verdict(ctx, record, placements) for record in records]
+        # A verdict depends on the record's id only through its placement, so a page of
+        # records that all sit where the path says costs one verdict, not one per record.
+        known: dict[tuple[Any, ...], Verdict] = {}
+        verdicts = []
+        for record in records:
+            placement = None if placements is None else placements.get(record.record_id)
+            key = (record.project, record.task, placement)
+            verdict = known.get(key)
+            if verdict is None:
+                verdict = known[key] = self.verdict(ctx, record, placements)
+            verdicts.append(verdict)
         self.learn(ctx.match, verdicts, records)
         return verdicts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jmespath
 import orjson
@@ -13,6 +13,8 @@ from jmespath.exceptions import JMESPathError
 
 from gateway.config import ConfigError, RouteConfig
 from gateway.records.envelope import Envelope, field_path
+
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
 class RecordError(Exception):
@@ -108,8 +110,10 @@ class RecordSpec:
         return self.record_project is not None or self.record_task is not None
 
 
-@dataclass(frozen=True)
-class ExtractedRecord:
+class ExtractedRecord(NamedTuple):
+    """One record's facts. A named tuple: built once per record released, and a frozen
+    dataclass's constructor alone cost a third of the extraction."""
+
     record_id: str
     sha256: str
     size: int
@@ -120,6 +124,8 @@ class ExtractedRecord:
 def _scalar(value: Any, what: str) -> str | None:
     if value is None:
         return None
+    if type(value) is str and 0 < len(value) <= 255:  # the common case, checked first
+        return value
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RecordError(f"record {what} is not a string or integer")
     text = str(value)
@@ -142,26 +148,26 @@ def extract_records(spec: RecordSpec, body: Any) -> tuple[list[Any], list[Extrac
         # Refused before any hashing: each record would cost a row and a hash.
         raise TooManyRecords(f"{len(selected)} records, over the route's {spec.max_records}")
     extracted = []
+    append, dumps, sha256, sort_keys = extracted.append, orjson.dumps, hashlib.sha256, _SORT_KEYS
+    record_id_of, project_of, task_of = spec.record_id, spec.record_project, spec.record_task
     for record in selected:
-        if not isinstance(record, dict):
+        if type(record) is not dict:
             raise RecordError("a record is not a JSON object")
-        record_id = _scalar(spec.record_id(record), "id")
+        record_id = _scalar(record_id_of(record), "id")
         if record_id is None:
             raise RecordError("a record has no id")
         try:
-            canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+            canonical = dumps(record, option=sort_keys)
         except orjson.JSONEncodeError as error:
             # Parsed but not serialisable (nested past orjson's 255 levels): unaccountable.
             raise RecordError(f"a record cannot be fingerprinted: {error}") from None
-        extracted.append(
+        append(
             ExtractedRecord(
-                record_id=record_id,
-                sha256=hashlib.sha256(canonical).hexdigest(),
-                size=len(canonical),
-                project=_scalar(spec.record_project(record), "project")
-                if spec.record_project
-                else None,
-                task=_scalar(spec.record_task(record), "task") if spec.record_task else None,
+                record_id,
+                sha256(canonical).hexdigest(),
+                len(canonical),
+                _scalar(project_of(record), "project") if project_of else None,
+                _scalar(task_of(record), "task") if task_of else None,
             )
         )
     return selected, extracted
