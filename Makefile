@@ -23,8 +23,10 @@ test: install lint
 demo: install
 	$(PY) -m gateway.demo.runner
 
+# Governed vs bare proxy against a near-free upstream (nginx) and the sample service.
 bench: install
-	$(PY) bench/proxy_overhead.py
+	$(PY) bench/proxy_overhead.py --upstream static
+	$(PY) bench/proxy_overhead.py --upstream sample
 
 # The runtime dependencies pinned with hashes (the Dockerfile installs from it).
 lock: install

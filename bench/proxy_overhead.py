@@ -28,11 +28,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import multiprocessing
 import os
-import random
-import re
-import secrets
 import shlex
 import shutil
 import signal
@@ -40,27 +36,33 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import urllib3
-from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.proxykit.cpu import CpuMeter, CpuUse, wait_for_quiet  # noqa: E402
+from bench.proxykit.database import Database, make_database  # noqa: E402
+from bench.proxykit.load import LoadResult, LoadTool  # noqa: E402
+from bench.proxykit.policy import PolicyStats, bench_contractor, generate_policy  # noqa: E402
+from bench.proxykit.processes import (  # noqa: E402
+    Processes,
+    free_port,
+    gunicorn_settings,
+    http_get,
+    wait_until,
+)
+from bench.proxykit.profile import profile_gateway  # noqa: E402
 from bench.report import machine  # noqa: E402
 from tests.conftest import AUDIENCE, UPSTREAM_TOKEN, USERS, gateway_config  # noqa: E402
 from tests.support.oidc_client import obtain_tokens  # noqa: E402
 
 PYTHON = sys.executable
 GATEWAY_BIN = str(Path(PYTHON).with_name("gateway"))
-PY_SPY_BIN = str(Path(PYTHON).with_name("py-spy"))
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- proxy_overhead:start -->"
 SECTION_END = "<!-- proxy_overhead:end -->"
@@ -68,740 +70,6 @@ DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 ISSUER_NAME = "acme-idp"  # the JWT issuer of gateway_config(); it binds vendor "acme"
 PAGE_RECORDS = 50
-PROFILE_RATE = 250  # py-spy samples per second
-
-
-# --- processes ---------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-    url: str = ""
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-
-
-class Processes:
-    """Everything started here, stopped in reverse order whatever happens."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[Proc] = []
-
-    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> Proc:
-        log_path = self.workdir / f"{name}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                argv,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,  # own process group: killpg reaches gunicorn workers
-            )
-        proc = Proc(name, process, log_path)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            try:
-                proc.stop()
-            except Exception as error:
-                print(f"warning: could not stop {proc.name}: {error}", file=sys.stderr)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_http = urllib3.PoolManager(num_pools=8, maxsize=4, retries=False)
-
-
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Any:
-    return _http.request("GET", url, headers=headers or {}, timeout=timeout)
-
-
-def wait_until(proc: Proc, path: str, *, timeout: float, want: int | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(
-                f"{proc.name} exited with {proc.process.returncode}:\n{proc.log_tail()}"
-            )
-        try:
-            response = http_get(proc.url + path, timeout=5)
-            if want is None or response.status == want:
-                return
-        except urllib3.exceptions.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{proc.name} not ready at {path} after {timeout:.0f}s:\n{proc.log_tail()}")
-
-
-def gunicorn_settings(workers: int, threads: int) -> list[str]:
-    """The one gunicorn command line both proxies run under (as tests/conftest.py does)."""
-    return [
-        "-k",
-        "gateway.serving.GatewayThreadWorker",
-        "-w",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--graceful-timeout",
-        "2",
-    ]
-
-
-def worker_pids(master: int) -> list[int]:
-    try:
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(pid) for pid in children]
-
-
-# --- CPU accounting ----------------------------------------------------------------------
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: str) -> tuple[str, int, int, int] | None:
-    """(comm, process group, utime, stime in ticks) of one process, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return comm, int(fields[2]), int(fields[11]), int(fields[12])
-
-
-@dataclass
-class CpuSample:
-    at: float
-    busy: int  # machine-wide busy ticks
-    ours: int  # this script, its waited-for children (load generator) and its process groups
-    postgres: int
-    groups: dict[str, tuple[int, int]]  # (user, system) ticks per process started here
-
-
-@dataclass
-class CpuUse:
-    """CPU used during one measurement, in cores (nproc = fully busy machine)."""
-
-    busy: float
-    ours: float
-    postgres: float
-    groups: dict[str, tuple[float, float]]  # (user, system) cores per process started here
-
-    @property
-    def other(self) -> float:
-        # Processes of nobody in this benchmark (e.g. other test runs on the machine).
-        return max(0.0, self.busy - self.ours - self.postgres)
-
-    def group(self, name: str) -> float:
-        user, system = self.groups.get(name, (0.0, 0.0))
-        return user + system
-
-
-class CpuMeter:
-    def __init__(self, procs: Processes) -> None:
-        self.procs = procs
-
-    def sample(self) -> CpuSample:
-        with open("/proc/stat") as stat:
-            cpu = [int(v) for v in stat.readline().split()[1:9]]
-        busy = sum(cpu) - cpu[3] - cpu[4]  # everything but idle and iowait
-        names = {p.process.pid: p.name for p in self.procs.procs}
-        groups: dict[str, tuple[int, int]] = {}
-        ours = postgres = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            info = _proc_stat(pid)
-            if info is None:
-                continue
-            comm, pgrp, user, system = info
-            if pgrp in names:
-                ours += user + system
-                u, s = groups.get(names[pgrp], (0, 0))
-                groups[names[pgrp]] = (u + user, s + system)
-            elif comm == "postgres":
-                postgres += user + system
-        own = os.times()
-        ours += round((own.user + own.system + own.children_user + own.children_system) * _TICKS)
-        return CpuSample(time.monotonic(), busy, ours, postgres, groups)
-
-    @staticmethod
-    def use(before: CpuSample, after: CpuSample) -> CpuUse:
-        seconds = max(after.at - before.at, 1e-6) * _TICKS
-        groups = {}
-        for name, (user, system) in after.groups.items():
-            u0, s0 = before.groups.get(name, (0, 0))
-            groups[name] = ((user - u0) / seconds, (system - s0) / seconds)
-        return CpuUse(
-            (after.busy - before.busy) / seconds,
-            (after.ours - before.ours) / seconds,
-            (after.postgres - before.postgres) / seconds,
-            groups,
-        )
-
-
-def wait_for_quiet(meter: CpuMeter, max_seconds: float, threshold: float) -> None:
-    """Wait (at most max_seconds) until processes outside this benchmark use < threshold cores."""
-    deadline = time.monotonic() + max_seconds
-    while True:
-        before = meter.sample()
-        time.sleep(1.0)
-        other = CpuMeter.use(before, meter.sample()).other
-        if other < threshold:
-            return
-        if time.monotonic() >= deadline:
-            print(
-                f"  (machine still busy: other processes use {other:.2f} cores; measuring anyway)"
-            )
-            return
-
-
-# --- database ----------------------------------------------------------------------------
-
-
-@dataclass
-class Database:
-    url: str
-    label: str
-    drop: Any = None  # callable that removes it
-
-    def scalar_rows(self, sql: str) -> list[Any]:
-        engine = create_engine(self.url)
-        try:
-            with engine.connect() as connection:
-                return list(connection.execute(text(sql)))
-        finally:
-            engine.dispose()
-
-
-def make_database(server: str, workdir: Path) -> Database:
-    try:
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            version = connection.execute(text("SHOW server_version")).scalar_one()
-            name = f"bench_{secrets.token_hex(4)}"
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-    except Exception as error:
-        print(
-            f"PostgreSQL at {server} is NOT reachable ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); falling back to SQLite",
-            file=sys.stderr,
-        )
-        path = workdir / "gateway.db"
-        return Database(f"sqlite:///{path}", "SQLite (fallback: PostgreSQL unreachable)")
-
-    def drop() -> None:
-        engine = create_engine(server, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-
-    base, _, _ = server.rpartition("/")
-    return Database(f"{base}/{name}", f"PostgreSQL {version} (database {name})", drop)
-
-
-# --- policy ------------------------------------------------------------------------------
-
-
-@dataclass
-class PolicyStats:
-    projects: int
-    contractors: int
-    p_allow: int = 0
-    p_deny: int = 0
-    memberships: int = 0
-    vendor_grants: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.p_allow + self.p_deny + self.memberships + self.vendor_grants
-
-
-def contractor_name(index: int, contractors: int) -> str:
-    return f"c{index:0{max(4, len(str(contractors - 1)))}d}"
-
-
-def bench_contractor(contractors: int) -> str:
-    """The benchmark's own contractor: one of the generated ones (c4242 of 10,000)."""
-    return contractor_name(min(4242, contractors - 1), contractors)
-
-
-def generate_policy(
-    path: Path, *, projects: int, contractors: int, per_contractor: int, project: str, seed: int
-) -> PolicyStats:
-    """Casbin CSV in the gateway's model: roles per project, memberships, vendor grants, denies.
-
-    The bench contractor is an annotator on the measured project through its own
-    membership (not through its vendor), and no deny rule touches the measured task.
-    """
-    rng = random.Random(seed)
-    stats = PolicyStats(projects, contractors)
-    lines: list[str] = []
-    for n in range(1, projects + 1):
-        lines += [
-            f"p, role:annotator, proj-{n}, *, read, allow",
-            f"p, role:annotator, proj-{n}, *, annotate, allow",
-            f"p, role:reviewer, proj-{n}, *, read, allow",
-            f"p, role:reviewer, proj-{n}, *, review, allow",
-            f"p, role:task1-viewer, proj-{n}, task-1, read, allow",
-        ]
-        stats.p_allow += 5
-    bench_subject = f"{ISSUER_NAME}:{bench_contractor(contractors)}"
-    measured = int(project.removeprefix("proj-"))
-    all_projects = range(1, projects + 1)
-    memberships: dict[str, list[int]] = {}
-    for c in range(contractors):
-        subject = f"{ISSUER_NAME}:{contractor_name(c, contractors)}"
-        chosen = rng.sample(all_projects, min(per_contractor, projects))
-        if subject == bench_subject and measured not in chosen:
-            chosen[0] = measured
-        memberships[subject] = chosen
-        for n in chosen:
-            if subject == bench_subject and n == measured:
-                role = "annotator"
-            else:
-                role = rng.choices(("annotator", "reviewer", "task1-viewer"), (80, 15, 5))[0]
-            lines.append(f"g, {subject}, role:{role}, proj-{n}")
-            stats.memberships += 1
-    # Vendor-wide grants (some for acme, never on the measured project, so the bench
-    # contractor's decision goes through its own membership).
-    for n in range(1, projects + 1, 5):
-        vendor = "acme" if n % 50 == 1 and n != measured else f"v{rng.randrange(40)}"
-        role = rng.choice(("annotator", "reviewer"))
-        lines.append(f"g, vendor:{vendor}, role:{role}, proj-{n}")
-        stats.vendor_grants += 1
-    # Deny rules: individual contractors on one task, and whole vendors on an action.
-    subjects = list(memberships)
-    for _ in range(max(1, contractors // 10)):
-        subject = rng.choice(subjects)
-        n = rng.choice(memberships[subject])
-        task = (
-            "task-2"
-            if subject == bench_subject and n == measured
-            else rng.choice(("task-1", "task-2", "task-3"))
-        )
-        lines.append(f"p, {subject}, proj-{n}, {task}, read, deny")
-        stats.p_deny += 1
-    for n in range(3, projects + 1, 10):
-        lines.append(f"p, vendor:v{rng.randrange(40)}, proj-{n}, *, annotate, deny")
-        stats.p_deny += 1
-    unique = list(dict.fromkeys(lines))
-    path.write_text("\n".join(unique) + "\n")
-    # Duplicates are possible only among deny rules; keep the count exact.
-    stats.p_deny -= len(lines) - len(unique)
-    return stats
-
-
-# --- load generation ---------------------------------------------------------------------
-
-
-@dataclass
-class LoadResult:
-    requests: int  # responses received (any status)
-    errors: int  # non-200 responses + socket errors/timeouts
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    seconds: float
-    detail: str = ""
-    cpu: CpuUse | None = None
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def _wrk_ms(value: str) -> float:
-    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", value.strip())
-    if match is None:
-        raise ValueError(f"unparsable wrk latency {value!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def parse_wrk(output: str) -> LoadResult:
-    total = re.search(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m)", output, re.M)
-    rps = re.search(r"^Requests/sec:\s*([0-9.]+)", output, re.M)
-    p50 = re.search(r"^\s*50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s*99%\s+(\S+)", output, re.M)
-    if not (total and rps and p50 and p99):
-        raise RuntimeError(f"could not parse wrk output:\n{output}")
-    errors = 0
-    socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    if socket_errors:
-        errors += sum(int(g) for g in socket_errors.groups())
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non_2xx:
-        errors += int(non_2xx.group(1))
-    return LoadResult(
-        requests=int(total.group(1)),
-        errors=errors,
-        rps=float(rps.group(1)),
-        p50_ms=_wrk_ms(p50.group(1)),
-        p99_ms=_wrk_ms(p99.group(1)),
-        seconds=_wrk_ms(total.group(2) + total.group(3)) / 1e3,
-        detail=output,
-    )
-
-
-def _py_load_process(
-    url: str,
-    headers: dict[str, str],
-    threads: int,
-    barrier: Any,
-    duration: float,
-    out: Any,
-) -> None:
-    """One load process: `threads` threads, each with its own one-connection pool."""
-    parsed = urllib3.util.parse_url(url)
-    target = parsed.request_uri
-    results: list[tuple[list[float], int, int, float]] = []
-    lock = threading.Lock()
-
-    def run() -> None:
-        pool = urllib3.HTTPConnectionPool(
-            parsed.host, parsed.port, maxsize=1, block=True, retries=False, timeout=30.0
-        )
-        latencies: list[float] = []
-        ok = errors = 0
-        barrier.wait(120)  # every thread of every process starts together
-        deadline = time.monotonic() + duration
-        while time.monotonic() < deadline:
-            began = time.perf_counter()
-            try:
-                response = pool.urlopen("GET", target, headers=headers, preload_content=True)
-                latencies.append(time.perf_counter() - began)
-                if response.status == 200:
-                    ok += 1
-                else:
-                    errors += 1
-            except urllib3.exceptions.HTTPError:
-                errors += 1
-        ended = time.time()
-        pool.close()
-        with lock:
-            results.append((latencies, ok, errors, ended))
-
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    latencies = [x for r in results for x in r[0]]
-    ended = max((r[3] for r in results), default=time.time())
-    out.put((latencies, sum(r[1] for r in results), sum(r[2] for r in results), ended))
-
-
-def python_load(
-    url: str, headers: dict[str, str], *, connections: int, processes: int, duration: float
-) -> LoadResult:
-    """Fixed-duration closed-loop load from `processes` processes, `connections` threads."""
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    processes = max(1, min(processes, connections))
-    barrier = ctx.Barrier(connections + 1)
-    procs = []
-    latencies: list[float] = []
-    ok = errors = 0
-    try:
-        for i in range(processes):
-            share = connections // processes + (1 if i < connections % processes else 0)
-            proc = ctx.Process(
-                target=_py_load_process, args=(url, headers, share, barrier, duration, out)
-            )
-            proc.start()
-            procs.append(proc)
-        barrier.wait(120)  # returns once every load thread is ready
-        started = time.time()
-        finished = started
-        for _ in procs:
-            lat, n_ok, n_err, ended = out.get(timeout=duration + 90)
-            latencies += lat
-            ok += n_ok
-            errors += n_err
-            finished = max(finished, ended)
-    finally:
-        for proc in procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-    elapsed = finished - started
-    latencies.sort()
-    return LoadResult(
-        requests=ok + errors,
-        errors=errors,
-        rps=ok / elapsed if elapsed > 0 else 0.0,
-        p50_ms=_percentile(latencies, 50) * 1e3,
-        p99_ms=_percentile(latencies, 99) * 1e3,
-        seconds=elapsed,
-    )
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    index = min(len(values) - 1, max(0, round(pct / 100 * len(values) + 0.5) - 1))
-    return values[index]
-
-
-@dataclass
-class LoadTool:
-    kind: str  # "wrk" or "python"
-    connections: int
-    threads: int  # wrk threads / Python load processes
-
-    def describe(self) -> str:
-        if self.kind == "wrk":
-            return f"wrk -t{self.threads} -c{self.connections} --latency (keep-alive)"
-        return (
-            f"Python load generator: {self.threads} processes, {self.connections} threads in "
-            "total, one keep-alive urllib3 connection each"
-        )
-
-    def run(self, url: str, headers: dict[str, str], duration: float) -> LoadResult:
-        if self.kind == "python":
-            return python_load(
-                url,
-                headers,
-                connections=self.connections,
-                processes=self.threads,
-                duration=duration,
-            )
-        argv = [
-            "wrk",
-            f"-t{self.threads}",
-            f"-c{self.connections}",
-            f"-d{max(1, round(duration))}s",
-            "--timeout",
-            "10s",
-            "--latency",
-        ]
-        for name, value in headers.items():
-            argv += ["-H", f"{name}: {value}"]
-        argv.append(url)
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 60, start_new_session=True
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        return parse_wrk(done.stdout)
-
-
-# --- profiling ---------------------------------------------------------------------------
-
-
-def _frame_name(frame: str, *, line: bool = False) -> str:
-    # py-spy raw frames look like "Pipeline.handle (/work/main/gateway/pipeline.py:143)".
-    match = re.match(r"^(.*) \((.*?)(:\d+)?\)$", frame)
-    if not match:
-        return frame
-    function, filename, lineno = match.groups()
-    for marker in ("site-packages/", str(ROOT) + "/", "lib/python3.11/"):
-        if marker in filename:
-            filename = filename.split(marker, 1)[1]
-    return f"{function} ({filename}{(lineno or '') if line else ''})"
-
-
-def _lined(frame: str) -> str:
-    return _frame_name(frame, line=True)
-
-
-# Pipeline stages and their main parts, reported by inclusive share.
-STAGES = (
-    ("Pipeline._normalise", "normalise path"),
-    ("Pipeline._identify", "identify (bearer token -> Principal, cached)"),
-    ("Pipeline._route", "route map"),
-    ("Pipeline._authorize", "authorize (policy decision, cached)"),
-    ("Pipeline._forward", "forward (headers, assertion, upstream round trip)"),
-    ("AssertionSigner.sign|GatewayKeys.sign", "  of which: sign the Ed25519 identity assertion"),
-    ("Upstream.send", "  of which: upstream request + response headers"),
-    ("Pipeline._release_records", "release records (read, parse, ids/hashes, rows, audit wait)"),
-    ("UpstreamResponse.read", "  of which: read the upstream body"),
-    ("extract_records", "  of which: extract_records (ids + SHA-256 per record)"),
-    ("RequestContext.row", "  of which: RequestContext.row (audit row dict)"),
-    ("AuditWriter.write", "  of which: hand rows to the writer and wait"),
-    ("AuditWriter._run", "audit-writer thread (chain hashes + INSERT/COPY)"),
-    ("row_hash|hash_values", "  of which: chain hash per row"),
-    ("insert_rows", "  of which: insert_rows (driver-level COPY/executemany)"),
-)
-
-
-def summarise_profile(
-    raw_files: list[Path], *, rate: int, seconds: float, workers: int, top: int = 20
-) -> str:
-    """Inclusive and self shares of functions, over all GIL-holding samples of the workers."""
-    inclusive: Counter[str] = Counter()
-    self_time: Counter[str] = Counter()
-    gateway_lines: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
-    total = 0
-    for raw in raw_files:
-        if not raw.exists():
-            continue
-        for text_line in raw.read_text(errors="replace").splitlines():
-            stack, _, count_text = text_line.rpartition(" ")
-            if not stack or not count_text.isdigit():
-                continue
-            count = int(count_text)
-            # The first frames name the process and thread, not code.
-            frames = [f for f in stack.split(";") if not f.startswith(("thread (", "process "))]
-            if not frames:
-                continue
-            names = [_frame_name(f) for f in frames]
-            total += count
-            threads[_thread_kind(names)] += count
-            for name in set(names):
-                inclusive[name] += count
-            self_time[_frame_name(frames[-1], line=True)] += count
-            ours = [n for n in map(_lined, frames) if " (gateway/" in n]
-            if ours:
-                gateway_lines[ours[-1]] += count
-    if total == 0:
-        return "(no samples)"
-    possible = rate * seconds * max(workers, 1)
-    out = [
-        f"{total} samples holding the GIL, all worker threads (GIL held"
-        f" {100 * total / possible:.0f}% of the time per worker on average)",
-        "",
-        "by thread kind:",
-    ]
-    out += [f"  {share(n, total)}  {kind}" for kind, n in threads.most_common()]
-    out += ["", "pipeline stages (inclusive):"]
-    for function, label in STAGES:
-        names = function.split("|")
-        seen = [k for k in inclusive if k.split(" (")[0] in names]
-        if not seen:
-            out.append(f"     -    {label} [{function}: not in this profile]")
-            continue
-        n = sum(inclusive[k] for k in seen)
-        out.append(f"  {share(n, total)}  {label} [{function}]")
-    out += ["", f"top {top} inclusive (function appears in the stack):"]
-    out += [f"  {share(n, total)}  {name}" for name, n in inclusive.most_common(top)]
-    out += ["", f"top {top} self (leaf frame, with line):"]
-    out += [f"  {share(n, total)}  {name}" for name, n in self_time.most_common(top)]
-    out += ["", f"top {top} gateway lines (deepest gateway/ frame of each sample):"]
-    out += [f"  {share(n, total)}  {name}" for name, n in gateway_lines.most_common(top)]
-    return "\n".join(out)
-
-
-def _thread_kind(names: list[str]) -> str:
-    joined = ";".join(names)
-    if "AuditWriter._run" in joined or "_run (gateway/audit/writer.py)" in joined:
-        return "audit-writer thread"
-    if "_poll (gateway/policy/engine.py)" in joined:
-        return "policy-poll thread"
-    if "handle (gateway/pipeline.py)" in joined:
-        return "request threads: inside Pipeline.handle"
-    return "request threads/main loop: outside Pipeline.handle (gunicorn, werkzeug, WSGI)"
-
-
-def share(n: int, total: int) -> str:
-    return f"{100 * n / total:5.1f}%"
-
-
-def profile_gateway(
-    tool: LoadTool,
-    meter: CpuMeter,
-    gateway: Proc,
-    url: str,
-    headers: dict[str, str],
-    seconds: float,
-    workdir: Path,
-) -> tuple[str, int]:
-    """Sample every gateway worker with py-spy while the load runs; returns (summary, requests)."""
-    if not Path(PY_SPY_BIN).exists() and shutil.which("py-spy") is None:
-        return "(py-spy not installed)", 0
-    spy = PY_SPY_BIN if Path(PY_SPY_BIN).exists() else "py-spy"
-    pids = worker_pids(gateway.process.pid)
-    box: dict[str, LoadResult] = {}
-    loader = threading.Thread(
-        target=lambda: box.setdefault("r", tool.run(url, headers, seconds + 3)), daemon=True
-    )
-    loader.start()
-    time.sleep(1.5)
-    spies, files = [], []
-    before = meter.sample()
-    for pid in pids:
-        raw = workdir / f"profile-{pid}.txt"
-        files.append(raw)
-        spies.append(
-            subprocess.Popen(
-                [
-                    spy,
-                    "record",
-                    "--pid",
-                    str(pid),
-                    "--format",
-                    "raw",
-                    "--rate",
-                    str(PROFILE_RATE),
-                    "--nonblocking",
-                    "--gil",  # only samples holding the GIL: where the worker's CPU goes
-                    "--duration",
-                    str(round(seconds)),
-                    "--output",
-                    str(raw),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        )
-    for spy_proc in spies:
-        try:
-            spy_proc.wait(seconds + 30)
-        except subprocess.TimeoutExpired:
-            os.killpg(spy_proc.pid, signal.SIGKILL)
-    cpu = CpuMeter.use(before, meter.sample())
-    loader.join(seconds + 90)
-    result = box.get("r")
-    if result is None:
-        raise RuntimeError("load during profiling did not finish")
-    if result.errors:
-        raise RuntimeError(f"{result.errors} errors during the profiling load")
-    user, system = cpu.groups.get("gateway", (0.0, 0.0))
-    header = (
-        f"load {result.rps:.0f} req/s; {len(pids)} workers used {user:.2f} cores user +"
-        f" {system:.2f} cores system ({1000 * (user + system) / result.rps:.2f} ms CPU/req,"
-        f" py-spy's own sampling included)"
-    )
-    summary = summarise_profile(files, rate=PROFILE_RATE, seconds=seconds, workers=len(pids))
-    return header + "\n" + summary, result.requests
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -943,6 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, procs: Processes, database: Database, workdir: Path) -> bool:
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     tool_kind = args.loadgen
     if tool_kind == "auto":
         tool_kind = "wrk" if shutil.which("wrk") else "python"
@@ -1124,10 +393,19 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
         print(profile_text)
 
     elapsed = time.monotonic() - started
-    table = results_table(targets)
+    table = results_table(targets, args.upstream)
     print()
     print(table)
     if not args.no_results:
+        load = (load_before, os.getloadavg()[0])
+        table += (
+            f"\n- machine load (1-minute load average, {len(os.sched_getaffinity(0))} CPUs):"
+            f" {load[0]:.1f} before the run, {load[1]:.1f} after it"
+        )
+        if args.skip_bare:
+            print("steps table not updated: --skip-bare gives no ratio")
+        else:
+            record_step(args.results, args.upstream, summarise(targets), step_code(), load)
         write_results(
             args,
             tool=tool,
@@ -1294,8 +572,45 @@ def verify_audit(
     }
 
 
-def results_table(targets: list[Target]) -> str:
+# Issue 16's goals for governed/bare throughput, by upstream kind: a near-free upstream
+# shows the gateway's whole cost; the sample service's own CPU hides part of it.
+GOALS = {"static": 0.5, "sample": 0.85}
+
+
+@dataclass
+class Summary:
+    """The figures a run is judged by, also kept per commit in the steps table."""
+
+    ratio: float | None  # governed / bare throughput (medians)
+    gateway_rps: float
+    bare_rps: float | None
+    gateway_us_per_record: float | None  # gateway processes' CPU per released record
+    postgres_us_per_record: float | None  # every PostgreSQL process's CPU per released record
+    bare_ms_per_request: float | None
+
+
+def summarise(targets: list[Target]) -> Summary:
     by_key = {t.key: t for t in targets}
+    gateway, bare = by_key["c"], by_key.get("b")
+    gw_ms = gateway.cpu_ms("gateway")
+    pg_ms = None
+    if gateway.runs and all(run.cpu is not None for run in gateway.runs):
+        pg_ms = statistics.median(
+            1000 * max(0.0, _postgres_cores(run)) / run.rps for run in gateway.runs
+        )
+    return Summary(
+        ratio=gateway.median("rps") / bare.median("rps") if bare else None,
+        gateway_rps=gateway.median("rps"),
+        bare_rps=bare.median("rps") if bare else None,
+        gateway_us_per_record=None if gw_ms is None else 1000 * gw_ms / PAGE_RECORDS,
+        postgres_us_per_record=None if pg_ms is None else 1000 * pg_ms / PAGE_RECORDS,
+        bare_ms_per_request=bare.cpu_ms("bare-proxy") if bare else None,
+    )
+
+
+def results_table(targets: list[Target], upstream: str = "sample") -> str:
+    by_key = {t.key: t for t in targets}
+    goal = GOALS[upstream]
     lines = [
         "| target | req/s | p50 (ms) | p99 (ms) | proxy CPU ms/req | upstream CPU ms/req "
         "| requests measured |",
@@ -1310,8 +625,8 @@ def results_table(targets: list[Target]) -> str:
     lines.append("")
     if "b" in by_key:
         ratio = by_key["c"].median("rps") / by_key["b"].median("rps")
-        verdict = "meets" if ratio >= 0.8 else "MISSES"
-        lines.append(f"- throughput c/b = **{ratio:.2f}** ({verdict} the target c/b >= 0.8)")
+        verdict = "meets" if ratio >= goal else "MISSES"
+        lines.append(f"- throughput c/b = **{ratio:.2f}** ({verdict} the goal c/b >= {goal})")
         if "a" in by_key:
             lines.append(
                 f"- throughput b/a = {by_key['b'].median('rps') / by_key['a'].median('rps'):.2f}"
@@ -1343,15 +658,112 @@ def results_table(targets: list[Target]) -> str:
         up_b, up_c = by_key["b"].cpu_ms("upstream"), by_key["c"].cpu_ms("upstream")
         if up_b is not None and up_c is not None and all(r.cpu for r in runs_c):
             pg_ms = statistics.median(1000 * max(0.0, _postgres_cores(r)) / r.rps for r in runs_c)
-            budget = (bare_cpu + up_b) / 0.8 - up_c
+            budget = (bare_cpu + up_b) / goal - up_c
             lines.append(
                 "- rough CPU budget (every process shares the same CPUs, so throughput goes"
                 " as 1 / CPU per request of the whole chain; load generator ignored):"
-                f" (b)'s chain costs {bare_cpu + up_b:.2f} ms (proxy + upstream); for c/b >= 0.8"
+                f" (b)'s chain costs {bare_cpu + up_b:.2f} ms (proxy + upstream); for c/b >= {goal}"
                 f" gateway + PostgreSQL must fit in ~{budget:.2f} ms per request; they take"
                 f" {gw_cpu + pg_ms:.2f} ms now"
             )
+    summary = summarise(targets)
+    if summary.gateway_us_per_record is not None and summary.postgres_us_per_record is not None:
+        lines.append(
+            f"- **CPU per released record** (measured from /proc over the gateway's rounds,"
+            f" {PAGE_RECORDS} records per request): gateway processes"
+            f" {summary.gateway_us_per_record:.1f} µs + PostgreSQL"
+            f" {summary.postgres_us_per_record:.1f} µs ="
+            f" {summary.gateway_us_per_record + summary.postgres_us_per_record:.1f} µs"
+            + (
+                f"; the bare proxy spends {summary.bare_ms_per_request:.2f} ms per request"
+                f" ({1000 * summary.bare_ms_per_request / PAGE_RECORDS:.1f} µs per record"
+                " passed through)"
+                if summary.bare_ms_per_request is not None
+                else ""
+            )
+        )
     return "\n".join(lines)
+
+
+STEPS_START, STEPS_END = "<!-- proxy_steps:start -->", "<!-- proxy_steps:end -->"
+STEPS_HEADER = (
+    "| commit measured | date (UTC) | upstream | c/b | gateway req/s | bare req/s "
+    "| gateway µs/record | PostgreSQL µs/record | bare ms/req | load avg before/after |"
+)
+
+
+def _step_key(row: str) -> tuple[str, str]:
+    cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+    return cells[0], cells[2]
+
+
+def step_code() -> str:
+    """The steps table's first cell: short commit, subject, and whether gateway/ was dirty."""
+    try:
+        head = subprocess.run(
+            ["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except OSError:
+        return "`unknown`"
+    short, _, subject = head.partition(" ")
+    subject = subject.replace("|", "/")
+    subject = subject if len(subject) <= 70 else subject[:69] + "…"
+    return f"`{short}` {subject}" + (" (+ uncommitted changes)" if dirty else "")
+
+
+def record_step(
+    results: Path, upstream: str, summary: Summary, code: str, load: tuple[float, float]
+) -> None:
+    """Keep one row per (commit, upstream) in the steps table: the history of the cost."""
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    rows: list[str] = []
+    if STEPS_START in text and STEPS_END in text:
+        inside = text.split(STEPS_START, 1)[1].split(STEPS_END, 1)[0]
+        rows = [
+            line
+            for line in inside.splitlines()
+            if line.startswith("| `") and _step_key(line) != (code, upstream)
+        ]
+
+    def fmt(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows.append(
+        f"| {code} | {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')} | {upstream} "
+        f"| {fmt(summary.ratio, 2)} | {summary.gateway_rps:.0f} | {fmt(summary.bare_rps, 0)} "
+        f"| {fmt(summary.gateway_us_per_record, 1)} | {fmt(summary.postgres_us_per_record, 1)} "
+        f"| {fmt(summary.bare_ms_per_request, 2)} | {load[0]:.1f} / {load[1]:.1f} |"
+    )
+    block = "\n".join(
+        [
+            STEPS_START,
+            "## Governed throughput, step by step (`bench/proxy_overhead.py`, every run)",
+            "",
+            "One row per commit measured and upstream kind (static: nginx serving the page;"
+            " sample: the bundled sample service), written by each run of"
+            " `make bench`; medians of the run's rounds. Goals: c/b >= 0.5 against the static"
+            " upstream, >= 0.85 against the sample service. CPU per released record counts"
+            " every gateway process (workers and their audit writers) and every PostgreSQL"
+            " process, from /proc.",
+            "",
+            STEPS_HEADER,
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+            *rows,
+            STEPS_END,
+        ]
+    )
+    if STEPS_START in text and STEPS_END in text:
+        head, rest = text.split(STEPS_START, 1)
+        text = head + block + rest.split(STEPS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    results.write_text(text)
 
 
 def _background_warning(targets: list[Target]) -> list[str]:
