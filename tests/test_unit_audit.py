@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
@@ -19,6 +19,7 @@ from gateway.audit.chain import GENESIS, HASHED_FIELDS, canonical_time, row_hash
 from gateway.db.migrate import upgrade
 from gateway.db.models import AccessEvent
 from gateway.db.session import make_engine
+from tests.conftest import new_database
 
 COLUMNS = [*HASHED_FIELDS, "row_hash"]
 
@@ -168,49 +169,88 @@ def test_stored_row_hash_recomputes_from_what_sqlite_returns(db: Engine) -> None
     assert row_hash({**row, "time": row["time"] + timedelta(microseconds=1)}) != row["row_hash"]
 
 
-_TEXT = st.one_of(st.none(), st.text(max_size=40))
+# Any text a row can hold: no NUL (PostgreSQL text) and no lone surrogates (not UTF-8),
+# both refused per request (test_unstorable_text_fails_only_its_own_request).
+_STORABLE = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
+_TEXT = st.one_of(st.none(), st.text(_STORABLE, max_size=40))
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    with new_database(request.param, tmp_path_factory) as database:
+        upgrade(database.url)
+        engine = make_engine(database.url)
+        yield engine
+        engine.dispose()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     texts=st.fixed_dictionaries(
         {
             **{name: _TEXT for name in ("subject", "user_agent", "record_id", "reason")},
-            "path": st.text(max_size=40),
+            "path": st.text(_STORABLE, max_size=40),
         }
     ),
-    numbers=st.fixed_dictionaries(
-        {name: st.one_of(st.none(), st.integers(0, 2**31 - 1)) for name in ("bytes",)}
+    size=st.one_of(st.none(), st.integers(0, 2**62)),
+    status=st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+    when=st.datetimes(
+        min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
     ),
 )
-def test_writer_hash_is_the_chain_hash_of_any_row(
-    texts: dict[str, Any], numbers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+def test_writer_rows_hash_and_store_exactly_for_any_values(
+    any_store: Engine, texts: dict[str, Any], size: int | None, status: int | None, when: datetime
 ) -> None:
-    """The writer hashes from a JSON prefix made in the request thread: for any values
-    (quotes, backslashes, control characters, non-ASCII, None) it must equal
-    chain.row_hash, which `gateway audit verify` recomputes."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('hash') / 'audit.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        writer = AuditWriter(engine)
-        rows = [access_row("p1", 1, **texts, **numbers), access_row("p1", 2, **texts)]
-        writer.write(rows)
-        writer.close(seal=False)
-        stored = stored_rows(engine)
-        assert check_chains(stored) == {writer.chain_id: 2}
-        for written, row in zip(rows, stored, strict=True):
-            expected = row_hash(
-                {
-                    **written,
-                    "chain_id": row["chain_id"],
-                    "seq": row["seq"],
-                    "prev_hash": row["prev_hash"],
-                }
+    """Rows are encoded in the request thread (hash text, COPY binary on PostgreSQL): for
+    any values (quotes, backslashes, control characters, non-ASCII, None, extreme numbers
+    and times) the stored row is the row written and its hash is chain.row_hash, which
+    `gateway audit verify` recomputes."""
+    writer = AuditWriter(any_store)
+    rows = [
+        access_row("p1", 1, time=when, bytes=size, upstream_status=status, **texts),
+        access_row("p1", 2, time=when, **texts),
+    ]
+    writer.write(rows)
+    writer.close(seal=False)
+    with any_store.connect() as connection:
+        stored = [
+            dict(row._mapping)
+            for row in connection.execute(
+                select(*[getattr(AccessEvent, name) for name in COLUMNS])
+                .where(AccessEvent.chain_id == writer.chain_id)
+                .order_by(AccessEvent.seq)
             )
-            assert row["row_hash"] == expected
-    finally:
-        engine.dispose()
+        ]
+    assert check_chains(stored) == {writer.chain_id: 2}
+    for written, row in zip(rows, stored, strict=True):
+        stored_time = row["time"] if row["time"].tzinfo else row["time"].replace(tzinfo=UTC)
+        assert stored_time == written["time"]
+        assert {name: row[name] for name in written if name != "time"} == {
+            name: value for name, value in written.items() if name != "time"
+        }
+        assert row["row_hash"] == row_hash(
+            written | {k: row[k] for k in ("chain_id", "seq", "prev_hash")}
+        )
+
+
+@pytest.mark.parametrize(
+    ("binary_copy", "value"), [(True, "rec\x00evil"), (True, "rec\ud800"), (False, "rec\ud800")]
+)
+def test_unstorable_text_fails_only_its_own_request(
+    db: Engine, binary_copy: bool, value: str
+) -> None:
+    """A NUL (PostgreSQL text cannot hold it) or a lone surrogate (not UTF-8) is refused
+    before the row joins a batch, so it cannot fail other requests' rows."""
+    writer = AuditWriter(db)
+    writer._binary_copy = binary_copy  # encode as for PostgreSQL, or as for SQLite
+    with pytest.raises(AuditUnavailable, match="cannot be stored"):
+        writer.write([access_row("bad", 1), access_row("bad", 2, record_id=value)])
+    writer._binary_copy = False
+    writer.write([access_row("good", 1)])
+    assert [row["request_id"] for row in stored_rows(db)] == ["good"]
+    assert writer.healthy
 
 
 def test_canonical_time_of_utc_and_naive_values() -> None:

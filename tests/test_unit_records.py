@@ -86,6 +86,7 @@ def test_nested_id_expression() -> None:
         {"id": ["a"]},
         {"id": {"x": 1}},
         {"id": "x" * 256},
+        {"id": "rec\x00-1"},
     ],
 )
 def test_bad_or_missing_id_raises(record: dict[str, Any]) -> None:

@@ -20,19 +20,26 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from operator import itemgetter
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Engine
 
-from gateway.audit.chain import GENESIS, HASHED_FIELDS, ROW_FIELDS, canonical_time
+from gateway.audit.chain import GENESIS
+from gateway.audit.encoding import (
+    COLUMNS,
+    COPY_SIGNATURE,
+    COPY_TRAILER,
+    PreparedRow,
+    UnloggableValue,
+    copy_chain_fields,
+    copy_text,
+    prepare_rows,
+)
 from gateway.audit.seal import SEAL, Checkpoint, Signer, make_checkpoint, store_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-COLUMNS = (*HASHED_FIELDS, "row_hash")
 # Column names are constants of this module, never input.
 _COPY_SQL = f"COPY access_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # Binary COPY with declared types skips per-value type lookup: about 4x less CPU per row
@@ -46,8 +53,6 @@ _INTEGER_COLUMNS = {
 _COPY_TYPES = [
     "timestamptz" if name == "time" else _INTEGER_COLUMNS.get(name, "text") for name in COLUMNS
 ]
-# One C-level call picks a row's ROW_FIELDS values (the chain code hashes these + 3 more).
-_ROW_VALUES = itemgetter(*ROW_FIELDS)
 _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT_SQL = f"INSERT INTO access_log ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 
@@ -76,28 +81,16 @@ def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
             cursor.close()
 
 
-def prepare_rows(rows: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], bytes]]:
-    """Each row's stored values and the JSON text its chain hash starts with.
-
-    Runs in the requesting thread, so that the writer thread (one per process, every
-    request waits on it) only appends the chain fields and hashes. The text is exactly
-    `orjson.dumps` of the row's HASHED_FIELDS values up to `seq`, without the closing
-    bracket (chain.hash_values): the hash definition does not change.
-    """
-    prepared = []
-    time_texts: dict[Any, str] = {}
-    row_values, dumps = _ROW_VALUES, orjson.dumps
-    for row in rows:
-        stored = row_values(row)
-        stamp = stored[0]
-        time_text = time_texts.get(stamp) or time_texts.setdefault(stamp, canonical_time(stamp))
-        prepared.append((stored, dumps([time_text, *stored[1:]])[:-1]))
-    return prepared
+def copy_encoded(connection: Connection, payload: bytes | bytearray) -> None:
+    """COPY rows already in PostgreSQL's binary COPY format (gateway/audit/encoding.py)."""
+    driver = connection.connection.driver_connection
+    with driver.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:  # type: ignore[union-attr]
+        copy.write(payload)
 
 
 @dataclass
 class _Pending:
-    rows: list[tuple[tuple[Any, ...], bytes]]
+    rows: list[PreparedRow]
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
     seal: bool = False  # a request to seal the chain head now (no rows)
@@ -117,6 +110,7 @@ class AuditWriter:
     ) -> None:
         """`sign` (GatewayKeys.sign_detached) turns sealing on, every `checkpoint_interval` s."""
         self._db = engine
+        self._binary_copy = engine.dialect.name == "postgresql"
         self._batch_max = batch_max_rows
         self._timeout = commit_timeout
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -178,7 +172,12 @@ class AuditWriter:
         if not rows:
             return
         self.start()
-        pending = _Pending(prepare_rows(rows))
+        try:
+            prepared = prepare_rows(rows, binary_copy=self._binary_copy)
+        except UnloggableValue as error:
+            # Only this request's rows: refused before they reach the batch they would fail.
+            raise AuditUnavailable(str(error)) from None
+        pending = _Pending(prepared)
         self._queue.put(pending)
         if not pending.done.wait(self._timeout):
             raise AuditUnavailable("audit commit timed out")
@@ -245,21 +244,37 @@ class AuditWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         seq, prev, chain_id = self._seq, self._prev, self.chain_id
-        values = []
-        append = values.append
         sha256 = hashlib.sha256
         chain = b',"%s",' % chain_id.encode()
-        for pending in batch:
-            for stored, prefix in pending.rows:
-                seq += 1
-                # The prefix's JSON array continued with chain_id, seq and prev_hash (hex
-                # digits, digits and hex digits: nothing to escape), so the hash is
-                # chain.hash_values' of the whole row.
-                head = sha256(b'%s%s%d,"%s"]' % (prefix, chain, seq, prev.encode())).hexdigest()
-                append((*stored, chain_id, seq, prev, head))
-                prev = head
-        with self._db.begin() as connection:
-            insert_rows(connection, values)
+        # The prefix's JSON array continued with chain_id, seq and prev_hash (hex digits,
+        # digits, hex digits: nothing to escape), so the hash is chain.hash_values' of the
+        # whole row.
+        if self._binary_copy:
+            payload = bytearray(COPY_SIGNATURE)
+            chain_field = copy_text(chain_id)
+            for pending in batch:
+                for row in pending.rows:
+                    seq += 1
+                    head = sha256(b'%s%s%d,"%s"]' % (row.hash_prefix, chain, seq, prev.encode()))
+                    head_hex = head.hexdigest()
+                    payload += row.copy_prefix  # type: ignore[operator]
+                    payload += copy_chain_fields(chain_field, seq, prev, head_hex)
+                    prev = head_hex
+            payload += COPY_TRAILER
+            with self._db.begin() as connection:
+                copy_encoded(connection, payload)
+        else:
+            values = []
+            for pending in batch:
+                for row in pending.rows:
+                    seq += 1
+                    head_hex = sha256(
+                        b'%s%s%d,"%s"]' % (row.hash_prefix, chain, seq, prev.encode())
+                    ).hexdigest()
+                    values.append((*row.values, chain_id, seq, prev, head_hex))
+                    prev = head_hex
+            with self._db.begin() as connection:
+                insert_rows(connection, values)
         self._seq, self._prev = seq, prev
         self.healthy = True
         self.last_error = None

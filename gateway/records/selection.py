@@ -124,13 +124,16 @@ class ExtractedRecord(NamedTuple):
 def _scalar(value: Any, what: str) -> str | None:
     if value is None:
         return None
-    if type(value) is str and 0 < len(value) <= 255:  # the common case, checked first
-        return value
+    if type(value) is str and 0 < len(value) <= 255 and "\x00" not in value:
+        return value  # the common case, checked first
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RecordError(f"record {what} is not a string or integer")
     text = str(value)
     if not text or len(text) > 255:
         raise RecordError(f"record {what} is empty or too long")
+    if "\x00" in text:
+        # The access log cannot store it (PostgreSQL text), so the record cannot be logged.
+        raise RecordError(f"record {what} contains a NUL character")
     return text
 
 
