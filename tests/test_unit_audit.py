@@ -203,7 +203,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_writer_rows_hash_and_store_exactly_for_any_values(
     any_store: Engine, texts: dict[str, Any], size: int | None, status: int | None, when: datetime
 ) -> None:
-    """Rows are encoded in the request thread (hash text, COPY binary on PostgreSQL): for
+    """Rows are prepared in the request thread (values, hash text): for
     any values (quotes, backslashes, control characters, non-ASCII, None, extreme numbers
     and times) the stored row is the row written and its hash is chain.row_hash, which
     `gateway audit verify` recomputes."""
@@ -236,21 +236,28 @@ def test_writer_rows_hash_and_store_exactly_for_any_values(
 
 
 @pytest.mark.parametrize(
-    ("binary_copy", "value"), [(True, "rec\x00evil"), (True, "rec\ud800"), (False, "rec\ud800")]
+    ("refuse_nul", "value"), [(True, "rec\x00evil"), (True, "rec\ud800"), (False, "rec\ud800")]
 )
 def test_unstorable_text_fails_only_its_own_request(
-    db: Engine, binary_copy: bool, value: str
+    db: Engine, refuse_nul: bool, value: str
 ) -> None:
     """A NUL (PostgreSQL text cannot hold it) or a lone surrogate (not UTF-8) is refused
     before the row joins a batch, so it cannot fail other requests' rows."""
     writer = AuditWriter(db)
-    writer._binary_copy = binary_copy  # encode as for PostgreSQL, or as for SQLite
+    writer._refuse_nul = refuse_nul  # as for PostgreSQL, or as for SQLite
     with pytest.raises(AuditUnavailable, match="cannot be stored"):
         writer.write([access_row("bad", 1), access_row("bad", 2, record_id=value)])
-    writer._binary_copy = False
+    writer._refuse_nul = False
     writer.write([access_row("good", 1)])
     assert [row["request_id"] for row in stored_rows(db)] == ["good"]
     assert writer.healthy
+
+
+def test_the_text_of_an_escaped_nul_is_not_a_nul(db: Engine) -> None:
+    writer = AuditWriter(db)
+    writer._refuse_nul = True
+    writer.write([access_row("ok", 1, record_id="rec\\u0000", user_agent="\\\\u0000")])
+    assert [row["record_id"] for row in stored_rows(db)] == ["rec\\u0000"]
 
 
 def test_canonical_time_of_utc_and_naive_values() -> None:

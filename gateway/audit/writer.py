@@ -25,16 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from gateway.audit.chain import GENESIS
-from gateway.audit.encoding import (
-    COLUMNS,
-    COPY_SIGNATURE,
-    COPY_TRAILER,
-    PreparedRow,
-    UnloggableValue,
-    copy_chain_fields,
-    copy_text,
-    prepare_rows,
-)
+from gateway.audit.encoding import COLUMNS, PreparedRow, UnloggableValue, prepare_rows
 from gateway.audit.seal import SEAL, Checkpoint, Signer, make_checkpoint, store_checkpoint
 
 log = logging.getLogger(__name__)
@@ -81,13 +72,6 @@ def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
             cursor.close()
 
 
-def copy_encoded(connection: Connection, payload: bytes | bytearray) -> None:
-    """COPY rows already in PostgreSQL's binary COPY format (gateway/audit/encoding.py)."""
-    driver = connection.connection.driver_connection
-    with driver.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:  # type: ignore[union-attr]
-        copy.write(payload)
-
-
 @dataclass
 class _Pending:
     rows: list[PreparedRow]
@@ -110,7 +94,7 @@ class AuditWriter:
     ) -> None:
         """`sign` (GatewayKeys.sign_detached) turns sealing on, every `checkpoint_interval` s."""
         self._db = engine
-        self._binary_copy = engine.dialect.name == "postgresql"
+        self._refuse_nul = engine.dialect.name == "postgresql"
         self._batch_max = batch_max_rows
         self._timeout = commit_timeout
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -173,7 +157,7 @@ class AuditWriter:
             return
         self.start()
         try:
-            prepared = prepare_rows(rows, binary_copy=self._binary_copy)
+            prepared = prepare_rows(rows, refuse_nul=self._refuse_nul)
         except UnloggableValue as error:
             # Only this request's rows: refused before they reach the batch they would fail.
             raise AuditUnavailable(str(error)) from None
@@ -244,37 +228,21 @@ class AuditWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         seq, prev, chain_id = self._seq, self._prev, self.chain_id
+        values = []
+        append = values.append
         sha256 = hashlib.sha256
         chain = b',"%s",' % chain_id.encode()
-        # The prefix's JSON array continued with chain_id, seq and prev_hash (hex digits,
-        # digits, hex digits: nothing to escape), so the hash is chain.hash_values' of the
-        # whole row.
-        if self._binary_copy:
-            payload = bytearray(COPY_SIGNATURE)
-            chain_field = copy_text(chain_id)
-            for pending in batch:
-                for row in pending.rows:
-                    seq += 1
-                    head = sha256(b'%s%s%d,"%s"]' % (row.hash_prefix, chain, seq, prev.encode()))
-                    head_hex = head.hexdigest()
-                    payload += row.copy_prefix  # type: ignore[operator]
-                    payload += copy_chain_fields(chain_field, seq, prev, head_hex)
-                    prev = head_hex
-            payload += COPY_TRAILER
-            with self._db.begin() as connection:
-                copy_encoded(connection, payload)
-        else:
-            values = []
-            for pending in batch:
-                for row in pending.rows:
-                    seq += 1
-                    head_hex = sha256(
-                        b'%s%s%d,"%s"]' % (row.hash_prefix, chain, seq, prev.encode())
-                    ).hexdigest()
-                    values.append((*row.values, chain_id, seq, prev, head_hex))
-                    prev = head_hex
-            with self._db.begin() as connection:
-                insert_rows(connection, values)
+        for pending in batch:
+            for stored, prefix in pending.rows:
+                seq += 1
+                # The prefix's JSON array continued with chain_id, seq and prev_hash (hex
+                # digits, digits, hex digits: nothing to escape), so the hash is
+                # chain.hash_values' of the whole row.
+                head = sha256(b'%s%s%d,"%s"]' % (prefix, chain, seq, prev.encode())).hexdigest()
+                append((*stored, chain_id, seq, prev, head))
+                prev = head
+        with self._db.begin() as connection:
+            insert_rows(connection, values)
         self._seq, self._prev = seq, prev
         self.healthy = True
         self.last_error = None
