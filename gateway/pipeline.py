@@ -14,6 +14,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +59,16 @@ STREAM_CHUNK = 64 * 1024
 ERROR_BODY_DRAIN = 64 * 1024
 # Methods whose policy check may wait for the answer: they change nothing upstream.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def new_request_id() -> str:
+    """24 hex digits: milliseconds since the epoch, then 48 random bits.
+
+    Time first, so that the access log's request_id index grows at its right edge, as
+    its time indexes do; random ids put each request's 50 index entries on a random
+    page of an index that outgrows memory.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
 
 
 class Pipeline:
@@ -141,7 +152,7 @@ class Pipeline:
         except PathRejected as rejected:
             raw_path, query, target_error = request.path, "", rejected.reason
         return RequestContext(
-            request_id=secrets.token_hex(12),
+            request_id=new_request_id(),
             time=datetime.now(UTC),
             method=request.method,
             raw_path=raw_path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, select, text
 
 from gateway.audit import AuditUnavailable, AuditWriter
 from gateway.audit.chain import GENESIS, HASHED_FIELDS, canonical_time, row_hash
+from gateway.audit.writer import KEPT_CONNECTION_IDLE_SECONDS
 from gateway.db.migrate import upgrade
 from gateway.db.models import AccessEvent
 from gateway.db.session import make_engine
@@ -258,6 +260,40 @@ def test_the_text_of_an_escaped_nul_is_not_a_nul(db: Engine) -> None:
     writer._refuse_nul = True
     writer.write([access_row("ok", 1, record_id="rec\\u0000", user_agent="\\\\u0000")])
     assert [row["record_id"] for row in stored_rows(db)] == ["rec\\u0000"]
+
+
+def _terminate_writer_connection(engine: Engine, writer: AuditWriter) -> None:
+    assert writer._connection is not None
+    pid = writer._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    writer._connection.rollback()
+    with engine.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+def test_kept_connection_closed_by_the_server(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The writer keeps its connection while busy. One the server closed fails the batch
+    that meets it (fail closed, new chain), and the next batch succeeds; one closed while
+    the writer was idle is replaced before use, so no batch fails."""
+    with new_database("postgresql", tmp_path_factory) as database:
+        upgrade(database.url)
+        engine = make_engine(database.url)
+        try:
+            writer = AuditWriter(engine)
+            writer.write([access_row("k1", 1)])
+            first_chain = writer.chain_id
+            _terminate_writer_connection(engine, writer)
+            with pytest.raises(AuditUnavailable):
+                writer.write([access_row("k2", 1)])
+            writer.write([access_row("k3", 1)])
+            assert writer.chain_id != first_chain and writer.healthy
+            _terminate_writer_connection(engine, writer)
+            time.sleep(KEPT_CONNECTION_IDLE_SECONDS + 0.2)
+            writer.write([access_row("k4", 1)])
+            writer.close(seal=False)
+            assert [row["request_id"] for row in stored_rows(engine)] == ["k1", "k3", "k4"]
+            check_chains(stored_rows(engine))
+        finally:
+            engine.dispose()
 
 
 def test_canonical_time_of_utc_and_naive_values() -> None:

@@ -26,3 +26,18 @@ def test_client_gone_only_after_the_client_closed() -> None:
 
 def test_no_socket_means_no_verdict() -> None:
     assert not context(None).client_gone()
+
+
+def test_request_ids_are_unique_hex_and_ordered_by_time() -> None:
+    import re
+    import time
+
+    from gateway.pipeline import new_request_id
+
+    first = [new_request_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_request_id()
+    assert len(set(first)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{24}", rid) for rid in [*first, later])
+    # The time prefix orders ids of different milliseconds, whatever their random part.
+    assert all(later > rid for rid in first)

@@ -48,6 +48,10 @@ _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT_SQL = f"INSERT INTO access_log ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 
 
+# A kept connection idle longer than this is returned to the pool and a pinged one taken.
+KEPT_CONNECTION_IDLE_SECONDS = 2.0
+
+
 class AuditUnavailable(Exception):
     pass
 
@@ -97,6 +101,10 @@ class AuditWriter:
         self._refuse_nul = engine.dialect.name == "postgresql"
         self._batch_max = batch_max_rows
         self._timeout = commit_timeout
+        # The writer keeps one connection while it is busy: a pool checkout per commit
+        # (with its liveness ping, a round trip) sat on the path every request waits on.
+        self._connection: Connection | None = None
+        self._connection_used = 0.0
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self.chain_id = uuid.uuid4().hex
         self._seq = 0
@@ -199,6 +207,7 @@ class AuditWriter:
                 pending.sealed = sealed
                 pending.done.set()
                 if pending.stop:
+                    self._drop_connection()
                     return
 
     def _seal_wait(self) -> float:
@@ -241,14 +250,40 @@ class AuditWriter:
                 head = sha256(b'%s%s%d,"%s"]' % (prefix, chain, seq, prev.encode())).hexdigest()
                 append((*stored, chain_id, seq, prev, head))
                 prev = head
-        with self._db.begin() as connection:
-            insert_rows(connection, values)
+        connection = self._kept_connection()
+        try:
+            with connection.begin():
+                insert_rows(connection, values)
+        except Exception:
+            self._drop_connection()
+            raise
+        self._connection_used = time.monotonic()
         self._seq, self._prev = seq, prev
         self.healthy = True
         self.last_error = None
         self.commits += 1
         for pending in batch:
             pending.done.set()
+
+    def _kept_connection(self) -> Connection:
+        """The writer's connection; after a pause, a fresh (pinged) one from the pool, so
+        that a connection the server closed while idle does not fail a batch."""
+        if (
+            self._connection is not None
+            and time.monotonic() - self._connection_used > KEPT_CONNECTION_IDLE_SECONDS
+        ):
+            self._drop_connection()
+        if self._connection is None:
+            self._connection = self._db.connect()
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: the pool discards it
+                log.debug("closing the audit connection failed", exc_info=True)
 
     def _fail(self, batch: list[_Pending], error: Exception) -> None:
         self.healthy = False
