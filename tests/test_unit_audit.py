@@ -205,7 +205,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_writer_rows_hash_and_store_exactly_for_any_values(
     any_store: Engine, texts: dict[str, Any], size: int | None, status: int | None, when: datetime
 ) -> None:
-    """Rows are prepared in the request thread (values, hash text): for
+    """The writer hashes and stores rows (binary COPY on PostgreSQL): for
     any values (quotes, backslashes, control characters, non-ASCII, None, extreme numbers
     and times) the stored row is the row written and its hash is chain.row_hash, which
     `gateway audit verify` recomputes."""
@@ -243,15 +243,39 @@ def test_writer_rows_hash_and_store_exactly_for_any_values(
 def test_unstorable_text_fails_only_its_own_request(
     db: Engine, refuse_nul: bool, value: str
 ) -> None:
-    """A NUL (PostgreSQL text cannot hold it) or a lone surrogate (not UTF-8) is refused
-    before the row joins a batch, so it cannot fail other requests' rows."""
+    """A NUL (PostgreSQL text cannot hold it) or a lone surrogate (not UTF-8) fails its
+    own request, not the batch it joined: requests committed with it land, chained."""
     writer = AuditWriter(db)
     writer._refuse_nul = refuse_nul  # as for PostgreSQL, or as for SQLite
-    with pytest.raises(AuditUnavailable, match="cannot be stored"):
-        writer.write([access_row("bad", 1), access_row("bad", 2, record_id=value)])
-    writer._refuse_nul = False
-    writer.write([access_row("good", 1)])
-    assert [row["request_id"] for row in stored_rows(db)] == ["good"]
+    results: dict[str, str] = {}
+    start = threading.Barrier(3)
+
+    def write(name: str, rows: list[dict[str, Any]]) -> None:
+        start.wait()
+        try:
+            writer.write(rows)
+            results[name] = "ok"
+        except AuditUnavailable as error:
+            results[name] = str(error)
+
+    threads = [
+        threading.Thread(target=write, args=("good-1", [access_row("good-1", 1)])),
+        threading.Thread(
+            target=write,
+            args=("bad", [access_row("bad", 1), access_row("bad", 2, record_id=value)]),
+        ),
+        threading.Thread(target=write, args=("good-2", [access_row("good-2", 1)])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.write([access_row("good-3", 1)])
+    assert results["good-1"] == results["good-2"] == "ok"
+    assert "cannot be stored" in results["bad"]
+    stored = stored_rows(db)
+    assert sorted(row["request_id"] for row in stored) == ["good-1", "good-2", "good-3"]
+    check_chains(stored)
     assert writer.healthy
 
 

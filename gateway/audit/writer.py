@@ -20,17 +20,19 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine
 
-from gateway.audit.chain import GENESIS
-from gateway.audit.encoding import COLUMNS, PreparedRow, UnloggableValue, prepare_rows
+from gateway.audit.chain import GENESIS, HASHED_FIELDS, ROW_FIELDS, canonical_time
 from gateway.audit.seal import SEAL, Checkpoint, Signer, make_checkpoint, store_checkpoint
 
 log = logging.getLogger(__name__)
 
 
+COLUMNS = (*HASHED_FIELDS, "row_hash")
 # Column names are constants of this module, never input.
 _COPY_SQL = f"COPY access_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # Binary COPY with declared types skips per-value type lookup: about 4x less CPU per row
@@ -44,6 +46,11 @@ _INTEGER_COLUMNS = {
 _COPY_TYPES = [
     "timestamptz" if name == "time" else _INTEGER_COLUMNS.get(name, "text") for name in COLUMNS
 ]
+# One C-level call picks a row's ROW_FIELDS values (the chain code hashes these + 3 more).
+_ROW_VALUES = itemgetter(*ROW_FIELDS)
+# orjson writes a NUL character as this escape: one search of a row's hashed text finds
+# the rows worth looking at value by value.
+_ESCAPED_NUL = b"\\u0000"
 _PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT_SQL = f"INSERT INTO access_log ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 
@@ -54,6 +61,14 @@ KEPT_CONNECTION_IDLE_SECONDS = 2.0
 
 class AuditUnavailable(Exception):
     pass
+
+
+class UnloggableValue(ValueError):
+    """A value the access log cannot hold or hash: its request fails, not its batch."""
+
+
+def _has_nul(values: tuple[Any, ...]) -> bool:
+    return any(isinstance(value, str) and "\x00" in value for value in values)
 
 
 def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -78,7 +93,7 @@ def insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
 
 @dataclass
 class _Pending:
-    rows: list[PreparedRow]
+    rows: list[dict[str, Any]]
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
     seal: bool = False  # a request to seal the chain head now (no rows)
@@ -164,12 +179,7 @@ class AuditWriter:
         if not rows:
             return
         self.start()
-        try:
-            prepared = prepare_rows(rows, refuse_nul=self._refuse_nul)
-        except UnloggableValue as error:
-            # Only this request's rows: refused before they reach the batch they would fail.
-            raise AuditUnavailable(str(error)) from None
-        pending = _Pending(prepared)
+        pending = _Pending(rows)
         self._queue.put(pending)
         if not pending.done.wait(self._timeout):
             raise AuditUnavailable("audit commit timed out")
@@ -236,20 +246,25 @@ class AuditWriter:
         return self.last_checkpoint
 
     def _commit(self, batch: list[_Pending]) -> None:
-        seq, prev, chain_id = self._seq, self._prev, self.chain_id
-        values = []
-        append = values.append
-        sha256 = hashlib.sha256
-        chain = b',"%s",' % chain_id.encode()
+        seq, prev = self._seq, self._prev
+        values: list[tuple[Any, ...]] = []
+        time_texts: dict[Any, str] = {}
+        refused = []
         for pending in batch:
-            for stored, prefix in pending.rows:
-                seq += 1
-                # The prefix's JSON array continued with chain_id, seq and prev_hash (hex
-                # digits, digits, hex digits: nothing to escape), so the hash is
-                # chain.hash_values' of the whole row.
-                head = sha256(b'%s%s%d,"%s"]' % (prefix, chain, seq, prev.encode())).hexdigest()
-                append((*stored, chain_id, seq, prev, head))
-                prev = head
+            try:
+                rows, seq, prev = self._chain(pending.rows, seq, prev, time_texts)
+            except UnloggableValue as error:
+                # Only this request's rows; the chain goes on from the request before it.
+                pending.error = str(error)
+                refused.append(pending)
+                continue
+            values += rows
+        if refused:
+            batch = [pending for pending in batch if pending.error is None]
+            for pending in refused:
+                pending.done.set()
+            if not values:
+                return
         connection = self._kept_connection()
         try:
             with connection.begin():
@@ -264,6 +279,40 @@ class AuditWriter:
         self.commits += 1
         for pending in batch:
             pending.done.set()
+
+    def _chain(
+        self, rows: list[dict[str, Any]], seq: int, prev: str, time_texts: dict[Any, str]
+    ) -> tuple[list[tuple[Any, ...]], int, str]:
+        """One request's rows with their chain fields; (rows, last seq, last hash).
+
+        Raises UnloggableValue for text that is not valid Unicode (it can be neither
+        hashed nor stored) and, on PostgreSQL (its text cannot hold one), for a NUL.
+        """
+        chain_id, chained = self.chain_id, []
+        append, row_values, dumps, sha256 = (
+            chained.append,
+            _ROW_VALUES,
+            orjson.dumps,
+            hashlib.sha256,
+        )
+        try:
+            for row in rows:
+                seq += 1
+                stored = row_values(row)
+                stamp = stored[0]
+                time_text = time_texts.get(stamp) or time_texts.setdefault(
+                    stamp, canonical_time(stamp)
+                )
+                # chain.hash_values inlined: this loop runs once for every record released.
+                text = dumps([time_text, *stored[1:], chain_id, seq, prev])
+                if self._refuse_nul and _ESCAPED_NUL in text and _has_nul(stored):
+                    raise UnloggableValue("text with a NUL character cannot be stored")
+                head = sha256(text).hexdigest()
+                append((*stored, chain_id, seq, prev, head))
+                prev = head
+        except TypeError:  # orjson's JSONEncodeError: a lone surrogate is not UTF-8
+            raise UnloggableValue("text that is not valid Unicode cannot be stored") from None
+        return chained, seq, prev
 
     def _kept_connection(self) -> Connection:
         """The writer's connection; after a pause, a fresh (pinged) one from the pool, so
@@ -294,5 +343,7 @@ class AuditWriter:
         # numbers of rows that did land.
         self.chain_id, self._seq, self._prev = uuid.uuid4().hex, 0, GENESIS
         for pending in batch:
+            if pending.done.is_set():  # already refused on its own (UnloggableValue)
+                continue
             pending.error = "audit store unavailable"
             pending.done.set()
