@@ -750,7 +750,9 @@ def record_step(
             " `make bench`; medians of the run's rounds. Goals: c/b >= 0.5 against the static"
             " upstream, >= 0.85 against the sample service. CPU per released record counts"
             " every gateway process (workers and their audit writers) and every PostgreSQL"
-            " process, from /proc.",
+            " process, from /proc. To measure an older commit, run this script from a"
+            " worktree of it with PYTHONPATH pointing there (the gateway under test is then"
+            " the worktree's); the row names that commit.",
             "",
             STEPS_HEADER,
             "|---|---|---|---:|---:|---:|---:|---:|---:|---|",

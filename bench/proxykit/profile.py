@@ -57,7 +57,7 @@ STAGES = (
     ("RequestContext.row", "  of which: RequestContext.row (audit row dict)"),
     ("AuditWriter.write", "  of which: hand rows to the writer and wait"),
     ("AuditWriter._run", "audit-writer thread (chain hashes + INSERT/COPY)"),
-    ("row_hash|hash_values", "  of which: chain hash per row"),
+    ("AuditWriter._chain", "  of which: chain fields and hash per row"),
     ("insert_rows", "  of which: insert_rows (driver-level COPY/executemany)"),
 )
 
