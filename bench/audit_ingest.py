@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import secrets
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.report import machine  # noqa: E402
+from bench.report import git_head, machine  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION_START = "<!-- audit_ingest:start -->"
@@ -282,18 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _git_state() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "gateway/audit"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
+    head, dirty = git_head("gateway/audit")
     return head + ("; uncommitted changes in gateway/audit" if dirty else "")
 
 

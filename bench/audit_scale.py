@@ -44,7 +44,6 @@ import random
 import secrets
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.report import git_head  # noqa: E402
 from gateway.audit import exposure, manifest, query  # noqa: E402
 from gateway.audit.writer import COLUMNS  # noqa: E402
 from gateway.db.migrate import upgrade  # noqa: E402
@@ -633,18 +633,7 @@ def _verdict(timing: Timing) -> str:
 
 
 def _git_state() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
+    head, dirty = git_head("gateway", "bench")
     return f"`{head[:90]}`" + (" + uncommitted changes" if dirty else "")
 
 

@@ -29,15 +29,26 @@ def machine() -> str:
     )
 
 
-def git_state() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.rstrip("\n")
+def git_head(*paths: str) -> tuple[str, list[str]]:
+    """("<short hash> <subject>", the paths under `paths` with uncommitted changes);
+    ("unknown", []) where git cannot tell."""
+    try:
 
-    head = git("log", "-1", "--format=%h %s")[:90]
-    dirty = [line[3:] for line in git("status", "--porcelain", "gateway", "bench").splitlines()]
-    return f"`{head}`" + (f"; uncommitted: {', '.join(dirty[:8])}" if dirty else "")
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+            ).stdout.rstrip("\n")
+
+        head = git("log", "-1", "--format=%h %s")
+        dirty = [line[3:] for line in git("status", "--porcelain", "--", *paths).splitlines()]
+    except OSError:
+        return "unknown", []
+    return head or "unknown", dirty
+
+
+def git_state() -> str:
+    head, dirty = git_head("gateway", "bench")
+    return f"`{head[:90]}`" + (f"; uncommitted: {', '.join(dirty[:8])}" if dirty else "")
 
 
 def command_line(script: str) -> str:

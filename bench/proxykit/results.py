@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from bench.proxykit.database import Database
 from bench.proxykit.load import LoadResult, LoadTool
 from bench.proxykit.policy import ISSUER_NAME, PolicyStats, bench_contractor
 from bench.proxykit.processes import gunicorn_settings
-from bench.report import machine
+from bench.report import git_head, machine
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECTION_START = "<!-- proxy_overhead:start -->"
@@ -189,18 +188,7 @@ def _step_key(row: str) -> tuple[str, str]:
 
 def step_code() -> str:
     """The steps table's first cell: short commit, subject, and whether gateway/ was dirty."""
-    try:
-        head = subprocess.run(
-            ["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "gateway"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout.strip()
-    except OSError:
-        return "`unknown`"
+    head, dirty = git_head("gateway")
     short, _, subject = head.partition(" ")
     subject = subject.replace("|", "/")
     subject = subject if len(subject) <= 70 else subject[:69] + "…"
@@ -278,20 +266,8 @@ def _cores(cpu: CpuUse | None, attribute: str) -> str:
 
 def _git_state() -> str:
     """The commit measured, and whether gateway/ differed from it (others edit it live)."""
-    try:
-        head = subprocess.run(
-            ["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        head = head if len(head) <= 90 else head[:89] + "…"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "gateway", "wsgi.py", "config", "policies"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout.split("\n")
-    except OSError:
-        return "unknown (git not available)"
-    changed = [line[3:] for line in dirty if line.strip()]
+    head, changed = git_head("gateway", "wsgi.py", "config", "policies")
+    head = head if len(head) <= 90 else head[:89] + "…"
     state = f"`{head}`"
     if changed:
         state += f"; uncommitted changes in {', '.join(changed)}"
