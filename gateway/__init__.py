@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import time
 from typing import Any
 
 from flask import Flask, jsonify
@@ -10,10 +10,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request
 
 from gateway.config import Config
+from gateway.logs import access
 
 __all__ = ["create_app"]
 
 RESERVED_PREFIX = "/_gateway"
+# Probed every few seconds by orchestrators and load balancers: not worth a line each.
+_PROBES = frozenset({RESERVED_PREFIX + "/health", RESERVED_PREFIX + "/ready"})
 
 
 class _Dispatcher:
@@ -30,9 +33,26 @@ class _Dispatcher:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         if path == RESERVED_PREFIX or path.startswith(RESERVED_PREFIX + "/"):
-            return self.flask_wsgi(environ, start_response)
+            return self._view(environ, start_response, path)
         response = self.pipeline.handle(Request(environ))
         return response(environ, start_response)
+
+    def _view(self, environ: dict[str, Any], start_response: Any, path: str) -> Any:
+        if path in _PROBES:
+            return self.flask_wsgi(environ, start_response)
+        started = time.perf_counter()
+
+        def started_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            access.view_done(
+                environ.get("REQUEST_METHOD", ""),
+                path,
+                int(status.split(" ", 1)[0]),
+                started,
+                environ.get("REMOTE_ADDR"),
+            )
+            return start_response(status, headers, exc_info)
+
+        return self.flask_wsgi(environ, started_response)
 
 
 def _json_http_error(error: HTTPException) -> Any:
@@ -41,18 +61,23 @@ def _json_http_error(error: HTTPException) -> Any:
 
 
 def create_app(config: Config) -> Flask:
+    from gateway import logs
     from gateway.api import register_blueprints
+    from gateway.logs.secrets import register_config_secrets
     from gateway.services import build_services
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Casbin logs every model line at INFO on each enforcer build.
-    logging.getLogger("casbin").setLevel(logging.WARNING)
+    logs.configure()
+    access.configure(enabled=config.server.access_log)
+    register_config_secrets(config)
     app = Flask(__name__)
     # Redirects for '//' or a missing trailing slash would echo the client's Host header.
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
+    from gateway import metrics
+
+    metrics.configure(
+        enabled=config.metrics.enabled, vendor_label_limit=config.metrics.vendor_label_limit
+    )
     services = build_services(config)
     app.extensions["gateway"] = services
     register_blueprints(app)

@@ -38,6 +38,7 @@ from gateway.configbase import (
 )
 from gateway.console.config import ConsoleConfig, LockKind
 from gateway.keys.config import KeysConfig
+from gateway.metrics.config import MetricsConfig
 from gateway.route_config import RouteConfig
 
 __all__ = [
@@ -303,7 +304,8 @@ class ServerConfig(Section):
     """`gateway serve`'s gunicorn settings (its flags override them)."""
 
     bind: Annotated[str, AfterValidator(_bind)] = "127.0.0.1:8080"
-    workers: PositiveInt = 2
+    workers: NonNegativeInt = 0
+    """Worker processes; 0 = one per CPU (at least 2)."""
     threads: PositiveInt = 16
     keep_alive: PositiveInt = 5
     """Seconds an idle client connection is kept: above a pooling proxy's idle timeout."""
@@ -314,6 +316,11 @@ class ServerConfig(Section):
     max_requests: NonNegativeInt = 0
     """Recycle a worker after this many requests (0 = never), +/- up to the jitter."""
     max_requests_jitter: NonNegativeInt = 0
+    access_log: bool = True
+    """One log line per request (method, path, route, status, decision, duration)."""
+    forwarded_allow_ips: Annotated[tuple[str, ...], Field(strict=False)] = ("127.0.0.1", "::1")
+    """Proxies whose X-Forwarded-Proto gunicorn believes, when gateway.trusted_proxy_hops
+    > 0 (none otherwise); "*" for any."""
 
     @model_validator(mode="after")
     def _jitter_needs_recycling(self) -> ServerConfig:
@@ -340,6 +347,7 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     keys: KeysConfig = KeysConfig()
     console: ConsoleConfig = ConsoleConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -13,9 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
-import secrets
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -36,11 +34,12 @@ from gateway.identity import AuthError, Principal, TokenVerifier
 from gateway.keys import GatewayKeys
 from gateway.lockout import LockHit, LockState
 from gateway.lockout.canary import CanaryTripwire
+from gateway.logs import CURRENT_REQUEST, access
+from gateway.metrics import requests as meter
 from gateway.policy import PolicyEngine
 from gateway.records import ExtractedRecord, RecordBody, RecordError
 from gateway.records.accounting import RecordAccounting
 from gateway.routemap import PathRejected, RouteError, RouteMap, RouteMatch, normalise_path
-from gateway.routemap.normalise import split_request_target
 from gateway.upstream import (
     Upstream,
     UpstreamError,
@@ -59,16 +58,6 @@ STREAM_CHUNK = 64 * 1024
 ERROR_BODY_DRAIN = 64 * 1024
 # Methods whose policy check may wait for the answer: they change nothing upstream.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
-
-
-def new_request_id() -> str:
-    """24 hex digits: milliseconds since the epoch, then 48 random bits.
-
-    Time first, so that the access log's request_id index grows at its right edge, as
-    its time indexes do; random ids put each request's 50 index entries on a random
-    page of an index that outgrows memory.
-    """
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
 
 
 class Pipeline:
@@ -104,11 +93,23 @@ class Pipeline:
     # --- entry -------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
-        ctx = self._context(request)
+        started = time.perf_counter()
+        ctx = RequestContext.from_request(request, self.config.gateway.trusted_proxy_hops)
+        token = CURRENT_REQUEST.set(ctx)
+        try:
+            response = self._answer(ctx, request)
+            meter.request_done(ctx, response.status_code, ctx.refusal, started)
+            access.request_done(ctx, response.status_code, started)
+        finally:
+            CURRENT_REQUEST.reset(token)
+        return response
+
+    def _answer(self, ctx: RequestContext, request: Request) -> Response:
         try:
             try:
                 return self._run(ctx, request)
             except Denial as denial:
+                ctx.refusal = denial.reason
                 if not isinstance(denial, _AlreadyLogged):
                     self.audit.write(
                         [ctx.row(decision="deny", reason=denial.reason, **denial.row_fields)]
@@ -118,6 +119,7 @@ class Pipeline:
                     denial.status, denial.error, denial.message, ctx.request_id, denial.headers
                 )
         except AuditUnavailable:
+            ctx.refusal = "audit_unavailable"
             return json_error(
                 503,
                 "audit_unavailable",
@@ -125,6 +127,7 @@ class Pipeline:
                 ctx.request_id,
             )
         except CatalogueUnavailable as error:
+            ctx.refusal = "catalogue_unavailable"
             log.warning("request %s: catalogue unavailable: %s", ctx.request_id, error)
             with contextlib.suppress(AuditUnavailable):
                 self.audit.write([ctx.row(decision="deny", reason="catalogue_unavailable")])
@@ -137,54 +140,32 @@ class Pipeline:
         except Exception:
             # A bug must still fail closed and answer in the same JSON shape.
             log.exception("request %s failed", ctx.request_id)
+            ctx.refusal = "internal_error"
             with contextlib.suppress(AuditUnavailable):
                 self.audit.write([ctx.row(decision="deny", reason="internal_error")])
             return json_error(
                 500, "internal_error", "the gateway failed to handle this request", ctx.request_id
             )
 
-    def _context(self, request: Request) -> RequestContext:
-        environ = request.environ
-        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
-        target_error = None
-        try:
-            raw_path, query = split_request_target(target)
-        except PathRejected as rejected:
-            raw_path, query, target_error = request.path, "", rejected.reason
-        return RequestContext(
-            request_id=new_request_id(),
-            time=datetime.now(UTC),
-            method=request.method,
-            raw_path=raw_path,
-            query=query,
-            client_ip=self._client_ip(request),
-            user_agent=request.headers.get("User-Agent"),
-            target_error=target_error,
-            client_socket=environ.get("gunicorn.socket"),
-        )
-
-    def _client_ip(self, request: Request) -> str | None:
-        hops = self.config.gateway.trusted_proxy_hops
-        remote = request.environ.get("REMOTE_ADDR")
-        if hops <= 0:
-            return remote
-        chain = [
-            p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",") if p.strip()
-        ]
-        chain.append(remote or "")
-        return chain[-hops - 1] if len(chain) > hops else chain[0]
-
     # --- stages ------------------------------------------------------------------------
 
     def _run(self, ctx: RequestContext, request: Request) -> Response:
         path = self._normalise(ctx)
-        ctx.principal = self._identify(request)
+        began = time.perf_counter()
+        try:
+            ctx.principal = self._identify(request)
+        finally:
+            meter.stage("identify", began)
         ctx.match = self._route(ctx, path)
         # Where the path's record really is; a write addressed by a record alone gets its
         # project (and task) here, before locks and policy are asked.
         ctx.match = self.catalogue.place_path_record(ctx.match)
         self._check_locks(ctx, ctx.match.project)
-        self._authorize(ctx)
+        began = time.perf_counter()
+        try:
+            self._authorize(ctx)
+        finally:
+            meter.stage("authorize", began)
         if ctx.match.record is not None and self.canaries.canaries([ctx.match.record]):
             self._refuse_canary_path(ctx)
         upstream_response = self._forward(ctx, request)
@@ -303,10 +284,14 @@ class Pipeline:
         if ctx.method in ("POST", "PUT", "PATCH", "DELETE"):
             body = read_request_body(request)
             ctx.written = (hashlib.sha256(body).hexdigest(), len(body))
+        began = time.perf_counter()
         try:
             return self.upstream.send(ctx.method, match.path, ctx.query, headers, body)
         except UpstreamError as error:
+            meter.upstream_error(error.reason)
             raise Denial(error.status, error.error, error.message, reason=error.reason) from None
+        finally:
+            meter.stage("upstream", began)
 
     def _release_records(
         self, ctx: RequestContext, upstream_response: UpstreamResponse
@@ -322,6 +307,7 @@ class Pipeline:
             try:
                 raw = upstream_response.read_decoded(self.config.upstream.max_record_body_bytes)
             except UpstreamError as error:
+                meter.upstream_error(error.reason)
                 log.warning("record route %s: %s", match.path, error.message)
                 raise Denial(
                     error.status, error.error, error.message, reason=error.reason
@@ -359,6 +345,8 @@ class Pipeline:
         withheld = [verdict.reason is not None for verdict in verdicts]
         if (body is None or body.spec.single) and any(withheld):
             self.audit.write(rows)
+            ctx.refusal = "record_withheld"
+            meter.records(0, len(withheld))
             return json_error(403, "forbidden", "not allowed by policy", ctx.request_id)
         dropped: list[str] = []
         if body is None:
@@ -380,6 +368,8 @@ class Pipeline:
                 )
             )
         self._commit_before_release(ctx, rows)
+        released_count = withheld.count(False)
+        meter.records(released_count, len(withheld) - released_count)
         if canaries:
             self._trip(ctx, canaries)
         response = Response(
@@ -410,6 +400,7 @@ class Pipeline:
     ) -> Response:
         """The upstream's error answer, replaced by the gateway's own: nothing of it leaves."""
         status = upstream_response.status
+        meter.upstream_error(f"upstream_{status // 100}xx")
         with upstream_response, contextlib.suppress(UpstreamError):
             # Read a short body to the end so the connection can be reused.
             upstream_response.read(ERROR_BODY_DRAIN)
@@ -480,6 +471,8 @@ class Pipeline:
             for r in records
         ]
         self.audit.write(self.accounting.rows(ctx, records, verdicts, upstream_status))
+        ctx.refusal = "canary"
+        meter.records(0, len(records))
         return json_error(403, "locked", "access is suspended", ctx.request_id)
 
     def _release_empty(self, ctx: RequestContext, upstream_response: UpstreamResponse) -> Response:
@@ -514,9 +507,13 @@ class Pipeline:
             # Whoever asked has hung up (a queued request behind slow clients, a timeout):
             # logging these records as released would claim a delivery that cannot happen.
             raise Denial(499, "client_gone", "the client closed the connection")
+        began = time.perf_counter()
         self.audit.write(rows)
+        meter.stage("audit_commit", began)
 
     def _log_ended_early(self, ctx: RequestContext, reason: str) -> None:
+        if reason.startswith("stream_broken"):
+            meter.upstream_error(reason)
         with contextlib.suppress(AuditUnavailable):
             self.audit.write([ctx.row(decision="deny", reason=reason)])
 

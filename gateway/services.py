@@ -16,6 +16,7 @@ from gateway.identity import TokenVerifier
 from gateway.keys import GatewayKeys, gateway_keys
 from gateway.lockout import LockState
 from gateway.lockout.canary import CanaryTripwire
+from gateway.metrics.exposition import ScrapeAccess
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
 from gateway.policy.admin import PolicyAdmin
@@ -35,6 +36,7 @@ class Services:
     policy_admin: PolicyAdmin
     locks: LockState
     catalogue: CatalogueView
+    scrape_access: ScrapeAccess
 
 
 def build_services(config: Config) -> Services:
@@ -87,6 +89,7 @@ def build_services(config: Config) -> Services:
         PolicyAdmin(db, config, policy),
         locks,
         catalogue,
+        ScrapeAccess(config.metrics),
     )
     start_background(services)
     return services

@@ -468,8 +468,13 @@ def launch_gateway(
     upstream_headers: str = 'headers = { Authorization = "Token ${UPSTREAM_TOKEN}" }',
     extra: str = "",
     two_person_lift: str = "[]",
+    serve: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Gateway:
-    """A gateway under gunicorn; `{gateway_url}` in `extra` becomes its own address."""
+    """A gateway under gunicorn; `{gateway_url}` in `extra` becomes its own address.
+
+    `serve`: started as production starts it, `gateway serve` (gateway/gunicorn.conf.py),
+    instead of a bare gunicorn command line."""
     port = free_port()
     config_path = tmp / "gateway.toml"
     config_path.write_text(
@@ -509,11 +514,13 @@ def launch_gateway(
         "2",
         "gateway.wsgi:app",
     ]
+    if serve:
+        argv = [GATEWAY_BIN, "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     gateway.proc = start(
         argv,
         f"http://127.0.0.1:{port}",
         tmp / "gateway.log",
-        env={"GATEWAY_CONFIG": str(config_path), "UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+        env={"GATEWAY_CONFIG": str(config_path), "UPSTREAM_TOKEN": UPSTREAM_TOKEN, **(env or {})},
         ready_path="/_gateway/health",
     )
     wait_ready(gateway.url)

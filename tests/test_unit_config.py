@@ -371,7 +371,7 @@ def test_server_table_defaults_and_overrides() -> None:
     config = parse_config(base_raw())
     assert (config.server.bind, config.server.workers, config.server.graceful_timeout) == (
         "127.0.0.1:8080",
-        2,
+        0,  # one per CPU, at least 2 (gateway/server_settings.py)
         8,
     )
     raw = base_raw()
@@ -381,12 +381,31 @@ def test_server_table_defaults_and_overrides() -> None:
     assert (server.bind, server.workers, server.max_requests_jitter) == ("0.0.0.0:9000", 4, 50)
 
 
+def test_gunicorn_settings_follow_the_config() -> None:
+    import os
+
+    from gateway.server_settings import GunicornLogger, settings_for
+
+    settings = settings_for(parse_config(base_raw()), "json")
+    assert settings["workers"] == max(2, os.cpu_count() or 1)
+    assert settings["worker_class"] == "gateway.serving.GatewayThreadWorker"
+    assert settings["forwarded_allow_ips"] == ""  # no trusted proxy hops, no proxies
+    assert settings["max_requests"] == 0
+    assert settings["logger_class"] is GunicornLogger
+    raw = base_raw()
+    raw["server"] = {"workers": 3, "max_requests": 5000, "forwarded_allow_ips": ["10.0.0.5"]}
+    raw["gateway"] = {"trusted_proxy_hops": 1}
+    settings = settings_for(parse_config(raw), "text")
+    assert (settings["workers"], settings["max_requests_jitter"]) == (3, 500)
+    assert settings["forwarded_allow_ips"] == "10.0.0.5"
+
+
 @pytest.mark.parametrize(
     ("table", "key"),
     [
         ({"bind": "8080"}, "server.bind"),
         ({"bind": "host:99999"}, "server.bind"),
-        ({"workers": 0}, "server.workers"),
+        ({"workers": -1}, "server.workers"),
         ({"threads": "16"}, "server.threads"),
         ({"max_requests_jitter": 10}, "server.max_requests_jitter"),
         ({"port": 8080}, "server.port"),

@@ -32,7 +32,7 @@ def test_request_ids_are_unique_hex_and_ordered_by_time() -> None:
     import re
     import time
 
-    from gateway.pipeline import new_request_id
+    from gateway.context import new_request_id
 
     first = [new_request_id() for _ in range(1000)]
     time.sleep(0.002)

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from gateway import metrics
 from gateway.anomaly.config import AnomalyConfig
 from gateway.anomaly.detectors import Finding, detect, lookback_days, severity_at_least
 from gateway.anomaly.rollup import SqlSource, refresh_rollup, set_state, utc
@@ -106,6 +107,9 @@ def scan(
         engine, config, stored, exposure_days=exposure_days, gateway_config=gateway_config
     )
     result.seconds = time.monotonic() - started
+    metrics.ANOMALY_ROUND_SECONDS.observe(result.seconds)
+    for detector, count in stored.new_by_detector.items():
+        metrics.ANOMALY_ALERTS.labels(detector=detector).inc(count)
     with engine.begin() as connection:
         set_state(
             connection,

@@ -79,6 +79,8 @@ class UpsertResult:
     new: list[int] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
     unchanged: list[int] = field(default_factory=list)
+    # New alerts by detector (for the metrics and the notifications).
+    new_by_detector: dict[str, int] = field(default_factory=dict)
 
 
 def _values(finding: Finding) -> dict[str, Any]:
@@ -138,6 +140,10 @@ def upsert_findings(engine: Engine, findings: Iterable[Finding]) -> UpsertResult
                                 )
                             ).inserted_primary_key[0]
                         result.new.append(alert_id)
+                        detector = finding.detector
+                        result.new_by_detector[detector] = (
+                            result.new_by_detector.get(detector, 0) + 1
+                        )
                         continue
                     except IntegrityError:
                         # Another scan stored it a moment ago: treat it as known.

@@ -8,6 +8,7 @@ from gateway.api.alerts import alerts_blueprint
 from gateway.api.audit import audit_blueprint
 from gateway.api.health import health_blueprint
 from gateway.api.locks import locks_blueprint
+from gateway.api.metrics import metrics_blueprint
 
 
 def register_blueprints(app: Flask) -> None:
@@ -18,6 +19,7 @@ def register_blueprints(app: Flask) -> None:
         audit_blueprint,
         alerts_blueprint,
         health_blueprint,
+        metrics_blueprint,
     ):
         app.register_blueprint(blueprint)
 
@@ -28,5 +30,6 @@ __all__ = [
     "audit_blueprint",
     "health_blueprint",
     "locks_blueprint",
+    "metrics_blueprint",
     "register_blueprints",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine
 
+from gateway import metrics
 from gateway.audit.chain import GENESIS, HASHED_FIELDS, ROW_FIELDS, canonical_time
 from gateway.audit.seal import SEAL, Checkpoint, Signer, make_checkpoint, store_checkpoint
 
@@ -208,6 +209,7 @@ class AuditWriter:
                 batch.append(pending)
                 count += len(pending.rows)
             if batch:
+                metrics.AUDIT_QUEUE_DEPTH.set(self._queue.qsize())
                 try:
                     self._commit(batch)
                 except Exception as error:  # nothing of this batch is durable; the thread lives on
@@ -273,6 +275,8 @@ class AuditWriter:
             self._drop_connection()
             raise
         self._connection_used = time.monotonic()
+        metrics.AUDIT_BATCH_ROWS.observe(len(values))
+        metrics.AUDIT_ROWS.inc(len(values))
         self._seq, self._prev = seq, prev
         self.healthy = True
         self.last_error = None
@@ -337,6 +341,7 @@ class AuditWriter:
     def _fail(self, batch: list[_Pending], error: Exception) -> None:
         self.healthy = False
         self.last_error = type(error).__name__
+        metrics.AUDIT_COMMIT_FAILURES.inc()
         log.error("audit commit failed: %s", error)
         # The outcome of a failed commit can be unknown (the connection may drop after the
         # server committed), so continue on a fresh chain rather than risk reusing sequence

@@ -149,7 +149,9 @@ def db_upgrade(config_path: str | None, revision: str, as_json: bool) -> None:
 @main.command("serve")
 @config_option
 @click.option("--bind", help="HOST:PORT [server.bind: 127.0.0.1:8080]")
-@click.option("--workers", type=click.IntRange(min=1), help="[server.workers: 2]")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="[server.workers: one per CPU, at least 2]"
+)
 @click.option("--threads", type=click.IntRange(min=1), help="[server.threads: 16]")
 @click.option(
     "--keep-alive",
@@ -175,6 +177,12 @@ def db_upgrade(config_path: str | None, revision: str, as_json: bool) -> None:
     envvar="GATEWAY_CLIENT_BODY_MIN_RATE",
     help="average body bytes/s after that grace, 0 = off [8192; GATEWAY_CLIENT_BODY_MIN_RATE]",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    envvar="GATEWAY_LOG_FORMAT",
+    help="one JSON object per line, or text [json unless stderr is a terminal; GATEWAY_LOG_FORMAT]",
+)
 def serve(
     config_path: str | None,
     bind: str | None,
@@ -184,9 +192,12 @@ def serve(
     client_header_timeout: float | None,
     client_body_timeout: float | None,
     client_body_min_rate: float | None,
+    log_format: str | None,
 ) -> None:
-    """Run the gateway under gunicorn (gateway.serving.GatewayThreadWorker: gthread with
-    client timeouts, see README "Running it for real")."""
+    """Run the gateway under gunicorn, with gateway/gunicorn.conf.py (gthread workers with
+    client timeouts, metrics, JSON logs; SIGHUP reloads gracefully). See README "Running
+    it for real"."""
+    from gateway.logs import LOG_FORMAT_ENV, chosen_format
     from gateway.serving import (
         BODY_MIN_RATE_ENV,
         BODY_TIMEOUT_ENV,
@@ -194,9 +205,23 @@ def serve(
         ClientLimits,
     )
 
+    # gunicorn's master and workers read these from the environment this process hands
+    # on; the [server] overrides through the configuration's own GATEWAY_SERVER__* names,
+    # so a reload (SIGHUP) keeps them.
+    for name, value in (
+        ("GATEWAY_SERVER__BIND", None if bind is None else f'"{bind}"'),
+        ("GATEWAY_SERVER__WORKERS", workers),
+        ("GATEWAY_SERVER__THREADS", threads),
+        ("GATEWAY_SERVER__KEEP_ALIVE", keep_alive),
+        (HEADER_TIMEOUT_ENV, client_header_timeout),
+        (BODY_TIMEOUT_ENV, client_body_timeout),
+        (BODY_MIN_RATE_ENV, client_body_min_rate),
+    ):
+        if value is not None:
+            os.environ[name] = value if isinstance(value, str) else repr(value)
+    os.environ[LOG_FORMAT_ENV] = chosen_format(log_format)
     config_file = config_path or os.environ.get("GATEWAY_CONFIG")
     config = _load(config_file)
-    server = config.server
     _check_signing_key(config)
     if config.database_url.startswith("sqlite"):
         click.echo(
@@ -205,39 +230,12 @@ def serve(
             err=True,
         )
     os.environ["GATEWAY_CONFIG"] = str(Path(config_file or "").resolve())
-    # gunicorn's workers read the limits from the environment this process hands on.
-    for name, value in (
-        (HEADER_TIMEOUT_ENV, client_header_timeout),
-        (BODY_TIMEOUT_ENV, client_body_timeout),
-        (BODY_MIN_RATE_ENV, client_body_min_rate),
-    ):
-        if value is not None:
-            os.environ[name] = repr(value)
     try:
         ClientLimits.from_env()
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-k",
-        "gateway.serving.GatewayThreadWorker",
-        "-w",
-        str(workers or server.workers),
-        "--threads",
-        str(threads or server.threads),
-        "--keep-alive",
-        str(keep_alive or server.keep_alive),
-        "--graceful-timeout",
-        str(server.graceful_timeout),
-        "-b",
-        bind or server.bind,
-    ]
-    if server.max_requests:
-        argv += ["--max-requests", str(server.max_requests)]
-        argv += ["--max-requests-jitter", str(server.max_requests_jitter)]
-    argv.append("gateway.wsgi:app")
+    settings = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(settings)]
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with gunicorn
 
 

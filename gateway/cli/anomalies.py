@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from gateway import metrics
 from gateway.cli import config_option, database
 from gateway.cli.errors import friendly_errors
 from gateway.cli.output import json_option, print_json, print_table
@@ -434,9 +435,18 @@ def escalate_command(
     help="seconds between scans (default: watch_interval_seconds, 60)",
 )
 @click.option("--once", is_flag=True, help="one scan, then exit (for cron)")
+@click.option(
+    "--metrics-bind",
+    metavar="HOST:PORT",
+    help="serve this process's Prometheus metrics (round time, alerts by detector) there",
+)
 @anomaly_errors
 def watch_command(
-    config_path: str | None, thresholds_path: str | None, interval: float | None, once: bool
+    config_path: str | None,
+    thresholds_path: str | None,
+    interval: float | None,
+    once: bool,
+    metrics_bind: str | None,
 ) -> None:
     """Scan periodically, in this process (run it beside the gateway, not in it).
 
@@ -453,6 +463,8 @@ def watch_command(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if metrics_bind:
+        start_metrics_listener(metrics_bind)
     with database(config_path) as (config, engine):
         while not stopping:
             started = time.monotonic()
@@ -475,11 +487,21 @@ def watch_command(
                 for lock in result.auto_locks:
                     click.echo(f"  locked {lock['target']} (lock {lock['lock_id']})")
             except Exception as error:  # keep watching: the next round may succeed
+                metrics.ANOMALY_ROUND_FAILURES.inc()
                 click.echo(f"scan failed: {type(error).__name__}: {error}", err=True)
             if once:
                 return
             while not stopping and time.monotonic() - started < every:
                 time.sleep(min(0.5, every))
+
+
+def start_metrics_listener(bind: str) -> None:
+    from gateway.metrics.exposition import start_listener
+
+    try:
+        start_listener(bind)
+    except (ValueError, OSError) as error:
+        raise click.ClickException(f"--metrics-bind {bind}: {error}") from None
 
 
 # Canary records, and simulation/evaluation, register their commands here.

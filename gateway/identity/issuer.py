@@ -23,6 +23,7 @@ import orjson
 import urllib3
 from joserfc.jwk import KeySet
 
+from gateway import metrics
 from gateway.config import IssuerConfig
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ class Issuer:
                 self._last_key_fetch = now
                 try:
                     self._load_keys(now)
+                    metrics.JWKS_REFRESHES.labels(issuer=self.name, outcome="ok").inc()
                 except IssuerUnavailable as error:
+                    metrics.JWKS_REFRESHES.labels(issuer=self.name, outcome="failed").inc()
                     if self._keys is None or now >= self._keys_expire + self._stale:
                         self._keys = None
                         self._kids = frozenset()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from gateway import metrics
 from gateway.db.notify import listen_forever
 from gateway.lockout import store
 
@@ -85,6 +86,8 @@ class LockState:
             self._keys = keys
             self._last_success = time.monotonic()
             self.last_error = None
+        metrics.LOCK_STATE_REFRESHED.set(time.time())
+        metrics.LOCKS_ACTIVE.set(len(keys))
         if changed:
             log.info("lock state changed: %d active locks", len(keys))
             for callback in self._on_change:

@@ -25,6 +25,7 @@ from pathlib import Path
 import casbin
 from sqlalchemy import Engine
 
+from gateway import metrics
 from gateway.db.notify import listen_forever
 from gateway.policy import store
 from gateway.policy.rules import Rule
@@ -76,6 +77,11 @@ class _Snapshot:
     next_change: float  # the next moment a time-boxed rule starts or stops
     next_change_by_project: dict[str, float]
     cache: dict[tuple[str, str, str, str, str], Decision] = field(default_factory=dict)
+
+
+def _published(version: int) -> None:
+    metrics.POLICY_VERSION.set(version)
+    metrics.POLICY_CHANGED.set(time.time())
 
 
 def _by_project(rules: list[Rule]) -> dict[str, frozenset[Rule]]:
@@ -138,10 +144,12 @@ class PolicyEngine:
                 if versions and versions == list(range(current.version + 1, versions[-1] + 1)):
                     self._snapshot = self._apply_diffs(current, diffs)
                     log.info("policy version %s in force", self._snapshot.version)
+                    _published(self._snapshot.version)
                     return True
             version, rules = store.load_rules(self._db)
             self._snapshot = self._build(version, _by_project(rules), current)
             log.info("policy version %s in force (%d rules)", version, len(rules))
+            _published(version)
             return True
 
     def _apply_diffs(

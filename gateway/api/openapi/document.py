@@ -26,6 +26,7 @@ _STATUS_TEXT = {
 _ROLES = {
     "admin": "An access token of a roles-trusted issuer carrying the 'admin' role",
     "auditor": "An access token of a roles-trusted issuer carrying the 'auditor' role",
+    "scraper": "The [metrics] scrape token (or a request from a [metrics] network)",
 }
 _TAGS = [
     {"name": "policy", "description": "Casbin policy administration (admin)"},

@@ -16,6 +16,8 @@ OPENAPI_PATH = "/_gateway/openapi.json"
 
 CSV = "text/csv; charset=utf-8"
 NDJSON = "application/x-ndjson"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TEXT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,10 @@ OPERATIONS: tuple[Operation, ...] = (
               "health", (200, "JWKS"), role=None),
     Operation("get", OPENAPI_PATH, "openapi", "This document", "health", (200, "OpenAPI"),
               role=None),
+    Operation("get", "/_gateway/metrics", "metrics",
+              "Prometheus metrics (404 unless [metrics] token or networks is set)", "health",
+              (200, ""), role="scraper", extra=(404,),
+              downloads=(PROMETHEUS_TEXT, OPENMETRICS_TEXT)),
 )  # fmt: skip
 
 BY_ID = {operation.operation_id: operation for operation in OPERATIONS}
