@@ -61,7 +61,7 @@ def _json_http_error(error: HTTPException) -> Any:
 
 
 def create_app(config: Config) -> Flask:
-    from gateway import logs
+    from gateway import logs, notify
     from gateway.api import register_blueprints
     from gateway.logs.secrets import register_config_secrets
     from gateway.services import build_services
@@ -79,6 +79,7 @@ def create_app(config: Config) -> Flask:
         enabled=config.metrics.enabled, vendor_label_limit=config.metrics.vendor_label_limit
     )
     services = build_services(config)
+    notify.configure(config, services.db)
     app.extensions["gateway"] = services
     register_blueprints(app)
     if config.console.enabled:

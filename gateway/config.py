@@ -39,6 +39,7 @@ from gateway.configbase import (
 from gateway.console.config import ConsoleConfig, LockKind
 from gateway.keys.config import KeysConfig
 from gateway.metrics.config import MetricsConfig
+from gateway.notify.config import NotifyConfig
 from gateway.route_config import RouteConfig
 
 __all__ = [
@@ -348,6 +349,7 @@ class Config(Section):
     keys: KeysConfig = KeysConfig()
     console: ConsoleConfig = ConsoleConfig()
     metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -442,7 +444,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         raise ConfigError("config", "must be a table")
     raw = dict(raw)
     # `${ENV}` references are expanded where secrets and addresses live.
-    for section in ("database", "issuers", "upstream", "console"):
+    for section in ("database", "issuers", "upstream", "console", "metrics", "notify"):
         if section in raw:
             raw[section] = expand_env(raw[section], section, environ)
     return validated(Config, raw)

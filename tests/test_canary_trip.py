@@ -53,6 +53,9 @@ def bait(gateway: Gateway, db: Any) -> Iterator[str]:
     time.sleep(0.6)  # every worker re-reads its guards within the 0.25 s poll
     yield record_id
     gateway.cli("anomalies", "canary", "remove", record_id, "--reason", "done", check=False)
+    # Until every worker has re-read its guards, a request may still trip the canary and
+    # lock bob again: lift only after that.
+    time.sleep(0.6)
     for lock in canary_locks(db):
         lift_lock(db, lock["id"], actor="test", reason="canary test cleanup")
     deadline = time.monotonic() + 5

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway import notify
 from gateway.anomaly.config import DETECTORS, SEVERITIES
 from gateway.anomaly.detectors import Finding
 from gateway.anomaly.rollup import from_ts, utc
@@ -160,6 +161,9 @@ def upsert_findings(engine: Engine, findings: Iterable[Finding]) -> UpsertResult
                 else:
                     connection.execute(statement.values(last_seen_at=now))
                     result.unchanged.append(row.id)
+    if notify.active():
+        for alert_id in result.new:
+            notify.alert_raised(get_alert(engine, alert_id))
     return result
 
 

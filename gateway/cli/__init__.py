@@ -30,16 +30,26 @@ def _load(config_path: str | None) -> Config:
     return config
 
 
+NOTIFY_FLUSH_SECONDS = 15.0
+
+
 @contextmanager
 def database(config_path: str | None, pool_size: int = 2) -> Iterator[tuple[Config, Engine]]:
     """The config and an engine on its database, disposed of when the command is done."""
+    from gateway import notify
     from gateway.db.session import make_engine
 
     config = _load(config_path)
     engine = make_engine(config.database_url, pool_size=pool_size)
+    notify.configure(config, engine)
     try:
         yield config, engine
     finally:
+        # A lock made here is announced before the command ends (bounded: a receiver
+        # that is down must not hang an incident responder's shell).
+        if not notify.flush(NOTIFY_FLUSH_SECONDS):
+            click.echo("warning: some notifications were not delivered in time", err=True)
+        notify.close()
         engine.dispose()
 
 

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from gateway import notify
 from gateway.config import Config
 from gateway.db.models import AccessEvent, CanaryRecord, Lock
 from gateway.policy.store import record_admin_event
@@ -189,7 +190,9 @@ def create_lock(
             ).start()
         else:
             _snapshot_exposure(db, lock_id, kind, target, exposure_days, catalogue_upstream)
-    return get_lock(db, lock_id)
+    lock = get_lock(db, lock_id)
+    notify.lock_created(lock)
+    return lock
 
 
 def _snapshot_exposure(
@@ -234,7 +237,9 @@ def lift_lock(db: Engine, lock_id: int, *, actor: str, reason: str) -> dict[str,
             time=now,
         )
         _notify(connection)
-    return get_lock(db, lock_id)
+    lock = get_lock(db, lock_id)
+    notify.lock_lifted(lock)
+    return lock
 
 
 def get_lock(db: Engine, lock_id: int) -> dict[str, Any]:

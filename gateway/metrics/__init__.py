@@ -29,6 +29,7 @@ __all__ = [
     "JWKS_REFRESHES",
     "LOCKS_ACTIVE",
     "LOCK_STATE_REFRESHED",
+    "NOTIFICATIONS",
     "POLICY_CHANGED",
     "POLICY_VERSION",
     "RECORDS",
@@ -123,6 +124,12 @@ ANOMALY_ROUND_FAILURES = Counter(
 )
 ANOMALY_ALERTS = Counter(
     "gateway_anomaly_alerts", "New anomaly alerts raised, by detector", ["detector"]
+)
+
+NOTIFICATIONS = Counter(
+    "gateway_notifications",
+    "Webhook deliveries by webhook and outcome (delivered, retried, failed, dropped)",
+    ["webhook", "outcome"],
 )
 
 _state = {"enabled": True}
