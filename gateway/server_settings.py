@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging.config
 import os
-import sys
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -68,13 +67,22 @@ def gunicorn_settings() -> dict[str, Any]:
     except (ConfigError, ValueError) as error:
         if not _running:
             raise SystemExit(f"gateway: {error}") from None
-        print(f"gateway: configuration not reloaded: {error}", file=sys.stderr)
+        logging.getLogger("gunicorn.error").error(
+            "configuration not reloaded, keeping the running one: %s", error
+        )
         return _running["settings"]
     # The workers log in the same shape as the master, whatever their stderr is.
     os.environ[LOG_FORMAT_ENV] = log_format
     settings = settings_for(config, log_format)
-    _running.update(settings=settings, metrics=config.metrics)
+    _running.update(settings=settings, metrics=config.metrics, config=config)
     return settings
+
+
+def running_config() -> Config | None:
+    """The configuration the gunicorn master last read well; its workers (forked from it)
+    serve with that, so master and workers agree, and a file broken before a reload
+    leaves everyone on the last good one. None outside gateway/gunicorn.conf.py."""
+    return _running.get("config")
 
 
 def on_starting(server: Any) -> None:

@@ -185,3 +185,24 @@ def test_a_reload_keeps_serving_under_load(served: Gateway) -> None:
     assert not failures, (outcomes, failures[:5])
     assert outcomes["200"] > served_before_reload
     assert "Handling signal: hup" in served.proc.log()
+
+
+def test_a_reload_with_a_broken_file_keeps_the_last_good_configuration(served: Gateway) -> None:
+    good = served.config_path.read_text()
+    booted = served.proc.log().count("Booting worker")
+    served.config_path.write_text(good + "\n[server]\nthreads = 0\n")
+    try:
+        os.kill(served.proc.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while served.proc.log().count("Booting worker") < booted + 2:
+            assert time.monotonic() < deadline, served.proc.log()[-2000:]
+            time.sleep(0.1)
+        assert "configuration not reloaded" in served.proc.log()
+        assert "server.threads" in served.proc.log()
+        time.sleep(1)
+        # The new workers serve with the configuration the master kept.
+        for _ in range(10):
+            assert served.get(PAGE, "alice").status_code == 200
+        assert served.get("/_gateway/ready").status_code == 200
+    finally:
+        served.config_path.write_text(good)
