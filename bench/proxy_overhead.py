@@ -45,6 +45,7 @@ from bench.proxykit.database import Database, make_database  # noqa: E402
 from bench.proxykit.load import LoadResult, LoadTool  # noqa: E402
 from bench.proxykit.policy import bench_contractor, generate_policy  # noqa: E402
 from bench.proxykit.processes import (  # noqa: E402
+    Proc,
     Processes,
     free_port,
     gunicorn_settings,
@@ -57,6 +58,7 @@ from bench.proxykit.results import (  # noqa: E402
     Target,
     cpu_ms_per_request,
     fmt_ms,
+    metrics_cost,
     record_step,
     results_table,
     step_code,
@@ -166,6 +168,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " page (a near-free upstream that also closes kept-alive connections every 1,000"
         " requests); written to its own section of the results",
     )
+    parser.add_argument(
+        "--compare-metrics",
+        action="store_true",
+        help="also measure (d) the gateway with [metrics] enabled = false, interleaved, and"
+        " report what the request path's metrics cost",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     parser.add_argument("--no-results", action="store_true", help="do not write the results file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
@@ -253,13 +261,12 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
             },
         )
         bare.url = f"http://127.0.0.1:{bare_port}"
-    gw_port = free_port()
-    gateway = procs.start(
-        "gateway",
-        [PYTHON, "-m", "gunicorn", *settings, "-b", f"127.0.0.1:{gw_port}", "gateway.wsgi:app"],
-        env=cli_env,
-    )
-    gateway.url = f"http://127.0.0.1:{gw_port}"
+    gateway = start_gateway(procs, "gateway", settings, cli_env, workdir)
+    quiet = None
+    if args.compare_metrics:
+        quiet = start_gateway(
+            procs, "gateway-no-metrics", settings, {**cli_env, **METRICS_OFF}, workdir
+        )
 
     wait_until(idp, "/.well-known/openid-configuration", timeout=30)
     wait_until(opaque, "/.well-known/openid-configuration", timeout=30)
@@ -276,6 +283,8 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
         wait_until(bare, "/", timeout=30)
     began = time.monotonic()
     wait_until(gateway, "/_gateway/ready", timeout=240, want=200)
+    if quiet is not None:
+        wait_until(quiet, "/_gateway/ready", timeout=240, want=200)
     print(f"gateway ready {time.monotonic() - began:.1f}s after the other services")
 
     # 4. A token through the real authorization code flow, then one probe per target.
@@ -305,8 +314,13 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
         proxy="gateway",
     )
     targets.append(gw_target)
+    if quiet is not None:
+        targets.append(
+            Target("d", "(d) gateway, metrics off", quiet.url + page, bearer, proxy=quiet.name)
+        )
+    governed = [t for t in targets if t.key in ("c", "d")]
     digests = {t.key: probe(t) for t in targets}
-    gateway_requests = 1  # the probe
+    gateway_requests = len(governed)  # the probes
     if len(set(digests.values())) != 1:
         raise RuntimeError(f"the targets answered different bodies: {digests}")
     print(
@@ -323,14 +337,14 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
                 warm = tool.run(target.url, target.headers, args.warmup)
                 check_errors(target, warm, "warm-up")
                 target.warmups.append(warm)
-                if target is gw_target:
+                if target in governed:
                     gateway_requests += warm.requests
             before = meter.sample()
             result = tool.run(target.url, target.headers, args.duration)
             result.cpu = CpuMeter.use(before, meter.sample())
             check_errors(target, result, "measurement")
             target.runs.append(result)
-            if target is gw_target:
+            if target in governed:
                 gateway_requests += result.requests
             print(
                 f"round {round_number} {target.label}: {result.rps:8.1f} req/s  "
@@ -342,7 +356,7 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
             )
 
     # 6. The audit log must hold one 'allow' row per released record.
-    load_runs = len(gw_target.runs) + len(gw_target.warmups)
+    load_runs = sum(len(t.runs) + len(t.warmups) for t in governed)
     audit = verify_audit(database, gateway_requests, args.connections, load_runs, tool.kind)
     tracebacks = gateway.log_tail(10**9).count("Traceback")
     audit["text"] += f" Tracebacks in the gateway log: {tracebacks}."
@@ -360,6 +374,8 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
 
     elapsed = time.monotonic() - started
     table = results_table(targets, args.upstream)
+    if quiet is not None:
+        table += "\n" + metrics_cost(targets)
     print()
     print(table)
     if not args.no_results:
@@ -386,6 +402,27 @@ def run(args: argparse.Namespace, procs: Processes, database: Database, workdir:
         )
         print(f"\nwritten to {args.results}")
     return audit["ok"]
+
+
+# The gateway's request-path metrics off, for --compare-metrics.
+METRICS_OFF = {"GATEWAY_METRICS__ENABLED": "false"}
+
+
+def start_gateway(
+    procs: Processes, name: str, settings: list[str], env: dict[str, str], workdir: Path
+) -> Proc:
+    """The gateway as production runs it: its workers share metrics through a
+    multiprocess directory of their own (what gateway/gunicorn.conf.py sets up)."""
+    metrics_dir = workdir / f"{name}-metrics"
+    metrics_dir.mkdir()
+    port = free_port()
+    proc = procs.start(
+        name,
+        [PYTHON, "-m", "gunicorn", *settings, "-b", f"127.0.0.1:{port}", "gateway.wsgi:app"],
+        env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    proc.url = f"http://127.0.0.1:{port}"
+    return proc
 
 
 def idp_argv(port: int, sub: str) -> list[str]:

@@ -97,6 +97,26 @@ def summarise(targets: list[Target]) -> Summary:
     )
 
 
+def metrics_cost(targets: list[Target]) -> str:
+    """(c) the gateway as shipped against (d) the same with [metrics] enabled = false."""
+    by_key = {t.key: t for t in targets}
+    on, off = by_key["c"], by_key["d"]
+    ratio = on.median("rps") / off.median("rps")
+    lines = [
+        f"- metrics cost: governed req/s with metrics / without = **{ratio:.3f}** "
+        f"({on.median('rps'):.1f} vs {off.median('rps'):.1f}, medians of interleaved rounds;"
+        " goal: no more than 3 % lower)",
+    ]
+    on_ms, off_ms = on.cpu_ms(on.proxy), off.cpu_ms(off.proxy)
+    if on_ms is not None and off_ms is not None:
+        lines.append(
+            f"- gateway CPU per released record: {1000 * on_ms / PAGE_RECORDS:.1f} µs with"
+            f" metrics, {1000 * off_ms / PAGE_RECORDS:.1f} µs without"
+            f" ({100 * (on_ms / off_ms - 1):+.1f} %)"
+        )
+    return "\n".join(lines)
+
+
 def results_table(targets: list[Target], upstream: str = "sample") -> str:
     by_key = {t.key: t for t in targets}
     goal = GOALS[upstream]
