@@ -39,7 +39,11 @@ STOPSIGNAL SIGTERM
 # Start-up runs the policy load and the lock-state poll before /_gateway/health answers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/_gateway/health', timeout=2).status == 200 else 1)"]
-# gunicorn's settings come from the config's [server] table (or GATEWAY_SERVER__*);
-# server.graceful_timeout (default 8 s) stays below Docker's stop grace (10 s, or
-# --stop-timeout): raise both together.
+# `gateway serve` runs gunicorn with the package's gunicorn.conf.py: settings from the
+# config's [server] table (or GATEWAY_SERVER__*), one worker per CPU, JSON logs on stderr,
+# `docker kill -s HUP` reloads gracefully. server.graceful_timeout (default 8 s) stays
+# below Docker's stop grace (10 s, or --stop-timeout): raise both together. Metrics:
+# [metrics] bind = "0.0.0.0:9464" serves them on a port of their own (publish it only to
+# the monitoring network), or /_gateway/metrics with [metrics] token.
+EXPOSE 9464
 CMD ["gateway", "serve"]
