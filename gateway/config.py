@@ -20,6 +20,7 @@ from gateway.catalogue.config import CatalogueConfig
 from gateway.configbase import (
     NOT_EMPTY_SCHEMA,
     ConfigError,
+    HostPort,
     HttpURL,
     Name,
     NonNegativeFloat,
@@ -90,13 +91,6 @@ def _algorithms(algorithms: tuple[str, ...]) -> tuple[str, ...]:
                 f"{alg!r} is not allowed (asymmetric only: {sorted(ALLOWED_ALGORITHMS)})"
             )
     return algorithms
-
-
-def _bind(bind: str) -> str:
-    host, _, port = bind.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:8080")
-    return bind
 
 
 class IssuerConfig(Section):
@@ -304,7 +298,7 @@ class GatewaySettings(Section):
 class ServerConfig(Section):
     """`gateway serve`'s gunicorn settings (its flags override them)."""
 
-    bind: Annotated[str, AfterValidator(_bind)] = "127.0.0.1:8080"
+    bind: HostPort = "127.0.0.1:8080"
     workers: NonNegativeInt = 0
     """Worker processes; 0 = one per CPU (at least 2)."""
     threads: PositiveInt = 16

@@ -158,7 +158,15 @@ def _readable_file(value: str) -> str:
     return str(path)
 
 
+def _host_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+    return value
+
+
 Text = Annotated[str, Field(min_length=1)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
 # The checks are the validators (their messages say what to write); the schema tells too.
 Name = Annotated[str, AfterValidator(_name), Field(json_schema_extra={"pattern": NAME_PATTERN})]
 HttpURL = Annotated[

@@ -7,16 +7,17 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
-from gateway.configbase import PositiveInt, Problem, ReadableFile, Section, Text, secret_from_file
+from gateway.configbase import (
+    HostPort,
+    PositiveInt,
+    Problem,
+    ReadableFile,
+    Section,
+    Text,
+    secret_from_file,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _bind(bind: str) -> str:
-    host, _, port = bind.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
-    return bind
 
 
 def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -36,7 +37,7 @@ class MetricsConfig(Section):
     """
 
     enabled: bool = True
-    bind: Annotated[str, AfterValidator(_bind)] | None = None
+    bind: HostPort | None = None
     """HOST:PORT of a listener in the gunicorn master serving only the metrics (e.g.
     127.0.0.1:9464): keep it off the contractors' network."""
     token: Text | None = Field(default=None, repr=False)
