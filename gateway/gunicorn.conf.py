@@ -12,10 +12,12 @@ import tempfile
 # Before anything imports prometheus_client: its multiprocess mode is chosen at import.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["GATEWAY_METRICS_DIR_OWNED"] = "1"  # removed when the master exits
 
 from gateway.server_settings import (  # noqa: F401 - gunicorn reads the hooks by name
     child_exit,
     gunicorn_settings,
+    on_exit,
     on_starting,
     when_ready,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import shutil
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -99,6 +100,14 @@ def when_ready(server: Any) -> None:
 
         start_listener(metrics.bind)
         server.log.info("metrics on http://%s/metrics", metrics.bind)
+
+
+def on_exit(server: Any) -> None:
+    """The master stops: a metrics directory made for this run goes with it."""
+    from gateway.metrics.exposition import MULTIPROC_ENV
+
+    if os.environ.get("GATEWAY_METRICS_DIR_OWNED") == "1":
+        shutil.rmtree(os.environ.get(MULTIPROC_ENV, ""), ignore_errors=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:
