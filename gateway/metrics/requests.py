@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
 
@@ -15,6 +15,9 @@ _STAGES = ("identify", "authorize", "upstream", "audit_commit")
 _STAGE = {name: metrics.STAGE_SECONDS.labels(stage=name) for name in _STAGES}
 _RELEASED = metrics.RECORDS.labels(outcome="released")
 _WITHHELD = metrics.RECORDS.labels(outcome="withheld")
+# Labelled children by their label values (bounded sets: see gateway/metrics).
+_REQUESTS: dict[tuple[str, str, str, str], Any] = {}
+_SECONDS: dict[str, Any] = {}
 
 
 def stage(name: str, started: float) -> None:
@@ -47,10 +50,12 @@ def request_done(ctx: RequestContext, status: int, reason: str | None, started: 
         reason = "allowed" if status < 400 else f"upstream_{status}"
     else:
         decision = "deny"
-    metrics.REQUESTS.labels(
-        decision=decision,
-        reason=metrics.reason_label(reason),
-        vendor=metrics.VENDORS(vendor),
-        route=route,
-    ).inc()
-    metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+    key = (decision, metrics.reason_label(reason), metrics.VENDORS(vendor), route)
+    counter = _REQUESTS.get(key)
+    if counter is None:
+        counter = _REQUESTS.setdefault(key, metrics.REQUESTS.labels(*key))
+    counter.inc()
+    histogram = _SECONDS.get(route)
+    if histogram is None:
+        histogram = _SECONDS.setdefault(route, metrics.REQUEST_SECONDS.labels(route))
+    histogram.observe(time.perf_counter() - started)
