@@ -81,6 +81,16 @@ def test_counts_are_exact_across_workers_under_concurrency(ops_gateway: Gateway)
         statuses = Counter(zip(plan, pool.map(call, plan), strict=True))
     assert statuses == {("page", 200): 48, ("refused", 403): 24, ("anonymous", 401): 24}
 
+    # The workers hand their request counts over once a second.
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(ops_gateway.metrics_url)  # type: ignore[attr-defined]
+        done = total(after, "gateway_request_duration_seconds_count")
+        if done - total(before, "gateway_request_duration_seconds_count") >= 96:
+            break
+        assert time.monotonic() < deadline, "request counts never arrived"
+        time.sleep(0.2)
+    time.sleep(1.2)  # and nothing more arrives: counted once
     after = scrape(ops_gateway.metrics_url)  # type: ignore[attr-defined]
 
     def delta(name: str, **labels: str) -> float:
@@ -144,6 +154,7 @@ def test_a_gateway_without_a_scraper_serves_no_metrics(gateway: Gateway) -> None
 def test_labels_never_name_a_contractor_or_a_record(ops_gateway: Gateway) -> None:
     ops_gateway.get(PAGE, "alice")
     ops_gateway.get("/api/records/rec-2-2-0007", "alice")
+    time.sleep(1.5)  # the workers' counts reach the shared files once a second
     text = requests.get(ops_gateway.metrics_url, timeout=10).text  # type: ignore[attr-defined]
     label_values = set(re.findall(r'="([^"]*)"', text))
     for forbidden in ("alice", "acme-idp:alice", "rec-2-2-0007", "proj-1", "task-1"):
@@ -190,6 +201,7 @@ def test_the_dashboard_uses_only_metrics_that_exist(ops_gateway: Gateway) -> Non
     assert used and used <= defined, sorted(used - defined)
     # And the request path's are really exposed by a running gateway.
     ops_gateway.get(PAGE, "alice")
+    time.sleep(1.5)
     exposed = {name for name, _ in scrape(ops_gateway.metrics_url)}  # type: ignore[attr-defined]
     request_path = {name for name in used if not name.startswith("gateway_anomaly_")}
     optional = {"gateway_upstream_errors_total"}  # only once an upstream has failed
