@@ -247,6 +247,8 @@ class AuditConfig(Section):
     """Each audit writer signs a checkpoint of its chain head this often, also when idle."""
     retention_days: NonNegativeInt = 0
     """`gateway audit prune` without --before removes rows older than this; 0 keeps all."""
+    partition_days_ahead: PositiveInt = 7
+    """PostgreSQL: daily partitions of the access log made this many days ahead."""
 
 
 class PolicyConfig(Section):

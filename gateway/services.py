@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from gateway.audit import AuditWriter
+from gateway.audit.partitions import PartitionKeeper
 from gateway.catalogue.guard import CatalogueGuard
 from gateway.catalogue.store import CatalogueStore
 from gateway.catalogue.view import CatalogueView
@@ -103,5 +104,6 @@ def start_background(services: Services) -> None:
         services.policy.last_error = "initial policy load failed"
     services.policy.start()
     services.audit.start()
+    PartitionKeeper(services.db, services.config.audit.partition_days_ahead).start()
     services.locks.start()
     services.catalogue.start()

@@ -12,4 +12,4 @@ def audit_group() -> None:
 
 
 # Importing registers the commands on the group.
-from gateway.cli import audit_integrity, audit_query  # noqa: E402, F401
+from gateway.cli import audit_integrity, audit_partitions, audit_query  # noqa: E402, F401
