@@ -47,6 +47,8 @@ def test_scrape_access_by_token_or_network() -> None:
     assert not by_token.allows(None, "127.0.0.1")
     by_network = ScrapeAccess(MetricsConfig(networks=("10.0.0.0/8", "::1/128")))
     assert by_network.allows(None, "10.1.2.3") and by_network.allows(None, "::1")
+    # Through a proxy, the peer is the proxy for everyone: never let in by network.
+    assert not by_network.allows(None, "10.1.2.3", forwarded=True)
     assert not by_network.allows(None, "192.168.0.1")
     assert not by_network.allows(None, "not-an-address")
     assert not ScrapeAccess(MetricsConfig()).exposed
@@ -145,3 +147,16 @@ def test_secrets_in_the_operations_tables_are_not_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert "tiny-secret" not in str(info.value)
+
+
+def test_client_chosen_fields_are_redacted_too() -> None:
+    import logging
+
+    from gateway.logs.redact import RedactingFilter
+
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "GET %s", ("x",), None)
+    record.path = "/api/Bearer abcdefghijklmnop/records"
+    record.client_ip = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    assert RedactingFilter().filter(record)
+    assert "abcdefghijklmnop" not in record.path
+    assert "eyJzdWIiOiJ4In0" not in record.client_ip

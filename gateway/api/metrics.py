@@ -18,7 +18,8 @@ def metrics():  # type: ignore[no-untyped-def]
             message="metrics are not served here: set [metrics] token or networks, or bind",
         ), 404
     authorization = request.headers.get("Authorization")
-    if not access.allows(authorization, request.remote_addr):
+    forwarded = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    if not access.allows(authorization, request.remote_addr, forwarded=forwarded):
         if authorization:
             # A contractor's (or anyone's) token is not the scrape token.
             return jsonify(error="forbidden", message="not a metrics scraper"), 403

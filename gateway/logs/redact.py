@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable
 
 REDACTED = "[redacted]"
+_CLIENT_FIELDS = ("path", "client_ip", "reason")
 # Shorter literals would blank out ordinary words.
 _MIN_SECRET_LENGTH = 6
 
@@ -102,4 +103,9 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        # Fields a client chose (a path, a forwarded address) are lines of their own.
+        for name in _CLIENT_FIELDS:
+            value = record.__dict__.get(name)
+            if isinstance(value, str):
+                record.__dict__[name] = redact(value)
         return True

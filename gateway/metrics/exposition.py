@@ -69,8 +69,10 @@ def start_listener(bind: str) -> None:
 class ScrapeAccess:
     """Who may read `/_gateway/metrics`: the scrape token, or a configured network.
 
-    The network is the connection's peer (REMOTE_ADDR), never X-Forwarded-For: behind a
-    load balancer every peer is the balancer, so use the token there.
+    The network is the connection's peer (REMOTE_ADDR), never X-Forwarded-For; and a
+    request that came through a proxy (it carries X-Forwarded-For) is never let in by
+    network: behind a load balancer every peer is the balancer, contractors included, so
+    use the token there.
     """
 
     def __init__(self, config: MetricsConfig) -> None:
@@ -81,14 +83,16 @@ class ScrapeAccess:
     def exposed(self) -> bool:
         return self._token is not None or bool(self._networks)
 
-    def allows(self, authorization: str | None, peer: str | None) -> bool:
+    def allows(
+        self, authorization: str | None, peer: str | None, *, forwarded: bool = False
+    ) -> bool:
         if self._token is not None and authorization:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() == "bearer" and hmac.compare_digest(
                 credential.strip().encode(), self._token
             ):
                 return True
-        if self._networks and peer:
+        if self._networks and peer and not forwarded:
             try:
                 address = ipaddress.ip_address(peer)
             except ValueError:
