@@ -6,6 +6,7 @@ only the partitions they need."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -212,18 +213,16 @@ def test_the_partition_commands(postgres_url: str, tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(CONFIG.format(url=postgres_url, retention=0, key_file=signing_key_file()))
     runner = CliRunner()
-    made = runner.invoke(
-        cli_main,
-        ["audit", "partitions", "ensure", "--days-ahead", "12", "--json", "--config", str(config)],
-    )
+    where = ["--json", "--config", str(config)]
+    made = runner.invoke(cli_main, ["audit", "partitions", "ensure", "--days-ahead", "12", *where])
     assert made.exit_code == 0, made.output
-    assert len(__import__("json").loads(made.output)["made"]) == 4  # days 9..12 were missing
-    listed = runner.invoke(
-        cli_main, ["audit", "partitions", "list", "--json", "--config", str(config)]
-    )
+    # A new install has today and the next 7 days: days 8..12 are made.
+    assert len(json.loads(made.output)["made"]) == 5
+    listed = runner.invoke(cli_main, ["audit", "partitions", "list", *where])
     assert listed.exit_code == 0, listed.output
-    names = [p["name"] for p in __import__("json").loads(listed.output)]
-    assert "access_log_default" in names and len(names) >= 14
+    names = [p["name"] for p in json.loads(listed.output)]
+    assert "access_log_default" in names and "access_log_legacy" not in names
+    assert len(names) == 14  # the default and days 0..12
 
 
 def test_sqlite_says_it_keeps_one_table(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 
 The existing table becomes the partition `access_log_legacy`, holding every row before
 the first day boundary after its newest row (no row is copied or rewritten, so every
-chain and checkpoint verifies as before); daily partitions `access_log_pYYYYMMDD` follow
-(UTC days), created ahead of time by `gateway_access_log_partition(day)`, which `gateway
-audit partitions ensure` and the gateway's maintenance thread call; `access_log_default`
+chain and checkpoint verifies as before; an empty table is dropped instead, so a new
+install has a partition for every day, past days of an import included). Daily
+partitions `access_log_pYYYYMMDD` follow (UTC days), created ahead of time by
+`gateway_access_log_partition(day)`, which `gateway audit partitions ensure` and the
+gateway's maintenance thread call; `access_log_default`
 catches a row no daily partition covers yet, and the function moves such rows into the
 day's partition when it creates it. Every partition gets the append-only trigger and the
 runtime role's INSERT/SELECT, as the table had.
@@ -140,7 +142,10 @@ def upgrade() -> None:
         return
     newest = _scalar("SELECT max(time) FROM access_log")
     today = datetime.now(UTC).date()
-    last = max(today, newest.astimezone(UTC).date()) if isinstance(newest, datetime) else today
+    # An empty log (a new install) keeps no legacy partition: every day, past ones
+    # included (an import), can then have its own.
+    empty = not isinstance(newest, datetime)
+    last = today - timedelta(days=1) if empty else max(today, newest.astimezone(UTC).date())
     boundary = last + timedelta(days=1)
     low = f"{boundary.isoformat()} 00:00:00+00"
 
@@ -171,15 +176,18 @@ def upgrade() -> None:
         "CREATE TRIGGER access_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE "
         "ON access_log FOR EACH STATEMENT EXECUTE FUNCTION gateway_audit_append_only()"
     )
-    # The parent's keys replace the old table's (a partition has one primary key).
-    op.execute("ALTER TABLE access_log_legacy DROP CONSTRAINT access_log_legacy_pkey")
-    op.execute("DROP INDEX access_log_legacy_chain_seq")
-    # The old table's indexes match the new ones and are attached, not rebuilt (the
-    # chain index excepted: it gains `time`).
-    op.execute(
-        "ALTER TABLE access_log ATTACH PARTITION access_log_legacy "
-        f"FOR VALUES FROM (MINVALUE) TO ('{low}')"
-    )
+    if empty:
+        op.execute("DROP TABLE access_log_legacy")
+    else:
+        # The parent's keys replace the old table's (a partition has one primary key).
+        op.execute("ALTER TABLE access_log_legacy DROP CONSTRAINT access_log_legacy_pkey")
+        op.execute("DROP INDEX access_log_legacy_chain_seq")
+        # The old table's indexes match the new ones and are attached, not rebuilt (the
+        # chain index excepted: it gains `time`).
+        op.execute(
+            "ALTER TABLE access_log ATTACH PARTITION access_log_legacy "
+            f"FOR VALUES FROM (MINVALUE) TO ('{low}')"
+        )
     op.execute(GUARD_FUNCTION)
     op.execute(PARTITION_FUNCTION)
     op.execute("CREATE TABLE access_log_default PARTITION OF access_log DEFAULT")
