@@ -173,6 +173,9 @@ class Notifier:
             problem = None if 200 <= status < 300 else f"HTTP {status}"
         except urllib3.exceptions.HTTPError as error:
             problem = type(error).__name__
+        except Exception as error:  # whatever it is, the delivery thread must live on
+            log.exception("webhook %s: delivery failed", hook.name)
+            problem = type(error).__name__
         if problem is None:
             NOTIFICATIONS.labels(webhook=hook.name, outcome="delivered").inc()
             self._done()
