@@ -160,3 +160,65 @@ def test_client_chosen_fields_are_redacted_too() -> None:
     assert RedactingFilter().filter(record)
     assert "abcdefghijklmnop" not in record.path
     assert "eyJzdWIiOiJ4In0" not in record.client_ip
+
+
+# --- the IdP calls survive a kept-alive connection the IdP has closed -------------------
+
+
+def _idp_answering_once_per_connection(answers: bool = True) -> Any:
+    """A real HTTP server on a socket that answers the first request of a connection with
+    keep-alive promised, and closes the connection on its second request without a word:
+    what a client meets when the IdP's keep-alive runs out just as it reuses the
+    connection. With `answers` false it never answers at all."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    body = b'{"sub": "carol", "vendor": "globex"}'
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(65536) and answers:
+                    conn.sendall(answer)
+                    conn.recv(65536)  # the next request on this connection: hang up
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_an_idp_connection_closed_before_an_answer_is_tried_once_more() -> None:
+    import urllib3
+
+    from gateway.config import IssuerConfig
+    from gateway.identity.issuer import Issuer, IssuerUnavailable
+
+    listener = _idp_answering_once_per_connection()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/userinfo"
+    config = IssuerConfig(name="lab", issuer="https://idp.example", audience="gw", vendor="lab")
+    issuer = Issuer(config, urllib3.PoolManager())
+    try:
+        # Every call after the first meets its pooled connection hung up on, and must not
+        # turn that into "issuer unavailable".
+        for _ in range(5):
+            assert issuer.get_with_bearer(url, "token")[0] == 200
+    finally:
+        listener.close()
+    dead = _idp_answering_once_per_connection(answers=False)
+    dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/userinfo"
+    try:
+        with pytest.raises(IssuerUnavailable):
+            issuer.get_with_bearer(dead_url, "token")
+    finally:
+        dead.close()

@@ -169,12 +169,7 @@ class Issuer:
 
     def _get_json_cached(self, url: str, **kwargs: Any) -> tuple[dict[str, Any], str | None]:
         """The JSON object at `url` and the response's Cache-Control."""
-        try:
-            response = self._http.request(
-                "GET", url, timeout=5.0, retries=False, redirect=False, **kwargs
-            )
-        except urllib3.exceptions.HTTPError as error:
-            raise IssuerUnavailable(f"{url}: {type(error).__name__}") from None
+        response = self._request("GET", url, **kwargs)
         if response.status != 200:
             raise IssuerUnavailable(f"{url} answered {response.status}")
         try:
@@ -188,34 +183,32 @@ class Issuer:
     def post_form(
         self, url: str, fields: dict[str, str], headers: dict[str, str]
     ) -> tuple[int, Any]:
-        try:
-            response = self._http.request(
-                "POST",
-                url,
-                fields=fields,
-                encode_multipart=False,
-                headers=headers,
-                timeout=5.0,
-                retries=False,
-                redirect=False,
-            )
-        except urllib3.exceptions.HTTPError as error:
-            raise IssuerUnavailable(f"{url}: {type(error).__name__}") from None
+        response = self._request(
+            "POST", url, fields=fields, encode_multipart=False, headers=headers
+        )
         return response.status, _json_or_none(response.data)
 
     def get_with_bearer(self, url: str, token: str) -> tuple[int, Any]:
-        try:
-            response = self._http.request(
-                "GET",
-                url,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=5.0,
-                retries=False,
-                redirect=False,
-            )
-        except urllib3.exceptions.HTTPError as error:
-            raise IssuerUnavailable(f"{url}: {type(error).__name__}") from None
+        response = self._request("GET", url, headers={"Authorization": f"Bearer {token}"})
         return response.status, _json_or_none(response.data)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One call to the IdP, tried a second time only when the connection broke before
+        any answer (a pooled connection the IdP had closed: its keep-alive ran out). Every
+        call here only reads at the IdP, so the second try changes nothing there; a
+        timeout or an answer, whatever its status, is not retried."""
+        for attempt in (1, 2):
+            try:
+                return self._http.request(
+                    method, url, timeout=5.0, retries=False, redirect=False, **kwargs
+                )
+            except urllib3.exceptions.ProtocolError as error:
+                if attempt == 2:
+                    raise IssuerUnavailable(f"{url}: {type(error).__name__}") from None
+                log.info("connection to %s broke before an answer; trying once more", url)
+            except urllib3.exceptions.HTTPError as error:
+                raise IssuerUnavailable(f"{url}: {type(error).__name__}") from None
+        raise AssertionError("unreachable")
 
 
 def _json_or_none(data: bytes) -> Any:
