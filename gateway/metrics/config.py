@@ -45,9 +45,6 @@ class MetricsConfig(Section):
     token_file: ReadableFile | None = Field(default=None, exclude=True)
     networks: Annotated[tuple[str, ...], Field(strict=False), AfterValidator(_networks)] = ()
     """Client networks allowed to read `/_gateway/metrics` without the token."""
-    multiprocess_dir: Text | None = None
-    """Where gunicorn's workers keep their counters (emptied at start); default: a new
-    temporary directory."""
     vendor_label_limit: PositiveInt = 200
     """Distinct vendor values a worker reports before further ones count as "other": a
     vendor claim is the IdP's to choose, and each value is a time series."""
