@@ -299,8 +299,10 @@ def drop_database(server: str, name: str) -> None:
 def secondary_indexes(engine: Any) -> list[tuple[str, str]]:
     """(name, CREATE INDEX statement) of access_log's indexes that back no constraint."""
     with engine.connect() as connection:
+        # A partitioned table's definitions say ON ONLY (the parent alone): rebuilding
+        # them so would leave every partition without its index.
         return [
-            (row[0], row[1])
+            (row[0], row[1].replace(" ON ONLY ", " ON "))
             for row in connection.execute(
                 text(
                     "SELECT i.indexname, i.indexdef FROM pg_indexes i "
@@ -349,8 +351,10 @@ def table_size(engine: Any) -> tuple[str, str]:
     with engine.connect() as connection:
         row = connection.execute(
             text(
-                "SELECT pg_size_pretty(pg_table_size('access_log')),"
-                " pg_size_pretty(pg_indexes_size('access_log'))"
+                # The partitions' sizes (a partitioned table has none of its own).
+                "SELECT pg_size_pretty(sum(pg_table_size(relid))),"
+                " pg_size_pretty(sum(pg_indexes_size(relid)))"
+                " FROM pg_partition_tree('access_log')"
             )
         ).one()
     return row[0], row[1]
