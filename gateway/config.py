@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gateway.anomaly.config import AnomalyConfig, resolve_anomaly_paths
+from gateway.archive.config import ArchiveConfig
 from gateway.catalogue.config import CatalogueConfig
 from gateway.configbase import (
     NOT_EMPTY_SCHEMA,
@@ -249,6 +250,8 @@ class AuditConfig(Section):
     """`gateway audit prune` without --before removes rows older than this; 0 keeps all."""
     partition_days_ahead: PositiveInt = 7
     """PostgreSQL: daily partitions of the access log made this many days ahead."""
+    archive: ArchiveConfig = ArchiveConfig()
+    """`[audit.archive]`: where old partitions go as signed Parquet (gateway/archive)."""
 
 
 class PolicyConfig(Section):
@@ -440,7 +443,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) 
         raise ConfigError("config", "must be a table")
     raw = dict(raw)
     # `${ENV}` references are expanded where secrets and addresses live.
-    for section in ("database", "issuers", "upstream", "console", "metrics", "notify"):
+    for section in ("database", "issuers", "upstream", "console", "metrics", "notify", "audit"):
         if section in raw:
             raw[section] = expand_env(raw[section], section, environ)
     return validated(Config, raw)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from gateway.archive import reader as archives
 from gateway.audit import AuditWriter
 from gateway.audit.partitions import PartitionKeeper
 from gateway.catalogue.guard import CatalogueGuard
@@ -104,6 +105,8 @@ def start_background(services: Services) -> None:
         services.policy.last_error = "initial policy load failed"
     services.policy.start()
     services.audit.start()
+    # The auditor API reads archived partitions too.
+    archives.configure(services.config.audit.archive)
     PartitionKeeper(services.db, services.config.audit.partition_days_ahead).start()
     services.locks.start()
     services.catalogue.start()

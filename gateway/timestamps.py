@@ -24,3 +24,8 @@ def rfc3339(moment: datetime | float) -> str:
 def rfc3339_micro(moment: datetime) -> str:
     """`2026-12-04T03:00:00.123456Z`: for times whose order within a second matters."""
     return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_rfc3339_micro(text: str) -> datetime:
+    """The inverse of `rfc3339_micro`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -80,7 +80,7 @@ def test_an_existing_log_is_partitioned_in_place_and_still_verifies(postgres_url
     assert not is_partitioned(engine)
 
     upgrade(postgres_url)
-    assert current_revision(postgres_url) == "0011"
+    assert current_revision(postgres_url) == "0012"
     assert is_partitioned(engine)
     names = [p.name for p in partitions(engine)]
     tomorrow = (now + timedelta(days=1)).date()

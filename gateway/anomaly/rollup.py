@@ -19,9 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Engine,
-    String,
     and_,
-    bindparam,
     case,
     cast,
     delete,
@@ -47,6 +45,7 @@ from gateway.anomaly.data import (
     Who,
 )
 from gateway.db.models import AccessEvent, AnomalyHourly, AnomalyState, CanaryRecord
+from gateway.db.times import time_param
 
 ROLLUP_STATE = "rollup"
 ROLLUP_WORK_MEM = "256MB"
@@ -60,15 +59,6 @@ def utc(value: datetime) -> datetime:
 
 def from_ts(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def time_param(value: datetime, dialect: str) -> Any:
-    """A bound time comparable with the stored column: SQLite keeps the text the audit
-    writer's driver wrote (`isoformat(" ")` of an aware time), so bind that text."""
-    value = utc(value)
-    if dialect == "sqlite":
-        return bindparam(None, value.isoformat(" "), type_=String)
-    return value
 
 
 def hour_expr(dialect: str) -> Any:

@@ -18,15 +18,19 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from heapq import merge
+from itertools import islice
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, func, select
 
+from gateway.archive.reader import log_connections
 from gateway.audit import ocsf
 from gateway.audit.chain import HASHED_FIELDS, canonical_time
 from gateway.audit.spreadsheet import SafeCsvWriter
 from gateway.db.models import AccessEvent
+from gateway.timestamps import utc
 
 EXPORT_FIELDS = ("id", *HASHED_FIELDS, "row_hash")
 _COLUMNS = tuple(getattr(AccessEvent, name) for name in EXPORT_FIELDS)
@@ -91,20 +95,29 @@ class ExportFilter:
 
 
 def count_rows(engine: Engine, filters: ExportFilter) -> int:
-    with engine.connect() as connection:
-        query = select(func.count()).select_from(AccessEvent).where(*filters.clauses())
-        return int(connection.execute(query).scalar_one())
+    query = select(func.count()).select_from(AccessEvent).where(*filters.clauses())
+    with log_connections(engine, filters.since, filters.until) as connections:
+        return sum(int(connection.execute(query).scalar_one()) for connection in connections)
 
 
 def iter_rows(
     engine: Engine, filters: ExportFilter, *, batch: int = 2000
 ) -> Iterator[list[dict[str, Any]]]:
-    """Batches of rows (as mappings of EXPORT_FIELDS), off a server-side cursor."""
+    """Batches of rows (as mappings of EXPORT_FIELDS), off server-side cursors on the
+    database and the archives overlapping the window, merged in (time, id) order."""
     query = select(*_COLUMNS).where(*filters.clauses()).order_by(AccessEvent.time, AccessEvent.id)
-    with engine.connect() as connection:
-        result = connection.execution_options(stream_results=True, yield_per=batch).execute(query)
-        for partition in result.partitions():
-            yield [dict(zip(EXPORT_FIELDS, row, strict=True)) for row in partition]
+    with log_connections(engine, filters.since, filters.until) as connections:
+        results = [
+            connection.execution_options(stream_results=True, yield_per=batch).execute(query)
+            for connection in connections
+        ]
+        if len(results) == 1:
+            for partition in results[0].partitions():
+                yield [dict(zip(EXPORT_FIELDS, row, strict=True)) for row in partition]
+            return
+        rows = merge(*results, key=lambda row: (utc(row[1]), row[0]))
+        while chunk := list(islice(rows, batch)):
+            yield [dict(zip(EXPORT_FIELDS, row, strict=True)) for row in chunk]
 
 
 def export_chunks(

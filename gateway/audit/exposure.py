@@ -22,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from heapq import merge
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, literal, null, select, text, union_all
+from sqlalchemy import Engine, and_, column, func, literal, null, select, table, text, union_all
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.archive.reader import archive_connection, log_connections, register_rows
 from gateway.audit.query import (
     EventFilter,
     QueryError,
@@ -35,6 +37,7 @@ from gateway.audit.query import (
     parse_filter,
 )
 from gateway.db.models import AccessEvent
+from gateway.timestamps import utc
 
 SCOPES = ("vendor", "contractor", "project")
 EXPOSURE_PARAMS = (*SCOPES, "since", "until")
@@ -147,7 +150,35 @@ class _Figures:
         }
 
 
-def report_statements(dialect: str, query: ExposureQuery) -> tuple[Any, Any]:
+# The per-record partial aggregates of the database, handed to the archives' DuckDB
+# connection when a window spans both (see `exposure_report`).
+LIVE_PER_RECORD = table(
+    "live_per_record",
+    column("project"),
+    column("task"),
+    column("record_id"),
+    column("n"),
+    column("first_at"),
+    column("last_at"),
+    column("denied"),
+    column("filtered"),
+)
+
+
+def per_record_statement(dialect: str, query: ExposureQuery) -> Any:
+    """Receipts, first and last receipt, denials and filtered attempts per (project, task,
+    record id) in scope."""
+    event = AccessEvent
+    return (
+        select(event.project, event.task, event.record_id, *_fine_aggregates())
+        .where(*query.filter.conditions(dialect))
+        .group_by(event.project, event.task, event.record_id)
+    )
+
+
+def report_statements(
+    dialect: str, query: ExposureQuery, *, with_live: bool = False
+) -> tuple[Any, Any]:
     """The two aggregate queries of a report: per (project, task) plus one overall row,
     and per (project, task, contractor).
 
@@ -155,16 +186,31 @@ def report_statements(dialect: str, query: ExposureQuery) -> tuple[Any, Any]:
     (distinct records received) and overall; the second gives the contractors involved
     and their figures. Both are hash aggregations without DISTINCT sorts; on PostgreSQL a
     vendor scope is read from the covering index `ix_access_log_vendor_time` alone
-    (migration 0005).
+    (migration 0005). `with_live`: run on the archives, the per-record groups also take in
+    the database's (`LIVE_PER_RECORD`), summed, so that a record received both before and
+    after the archive boundary counts once.
     """
     event = AccessEvent
     conditions = query.filter.conditions(dialect)
-    per_record = (
-        select(event.project, event.task, event.record_id, *_fine_aggregates())
-        .where(*conditions)
-        .group_by(event.project, event.task, event.record_id)
-        .cte("per_record")
-    )
+    if with_live:
+        both = union_all(per_record_statement(dialect, query), select(LIVE_PER_RECORD)).subquery()
+        b = both.c
+        per_record = (
+            select(
+                b.project,
+                b.task,
+                b.record_id,
+                func.sum(b.n).label("n"),
+                func.min(b.first_at).label("first_at"),
+                func.max(b.last_at).label("last_at"),
+                func.sum(b.denied).label("denied"),
+                func.sum(b.filtered).label("filtered"),
+            )
+            .group_by(b.project, b.task, b.record_id)
+            .cte("per_record")
+        )
+    else:
+        per_record = per_record_statement(dialect, query).cte("per_record")
     r = per_record.c
     rollup = [func.sum(r.n), func.min(r.first_at), func.max(r.last_at)]
     rollup += [func.sum(r.denied), func.sum(r.filtered)]
@@ -193,16 +239,50 @@ def report_statements(dialect: str, query: ExposureQuery) -> tuple[Any, Any]:
     return union_all(by_task, overall), per_contractor
 
 
+def _report_rows(db: Engine, query: ExposureQuery) -> tuple[list[Any], list[Any]]:
+    """The rows of `report_statements`, over the database and the archives in the window.
+
+    With archives, the database's per-record partial aggregates go to DuckDB (as an Arrow
+    table) and the rollup runs there; per-contractor figures are summed here (one row per
+    contractor and task, few)."""
+    dialect = db.dialect.name
+    since, until = query.filter.since, query.filter.until
+    with db.begin() as connection:  # one transaction; PostgreSQL: one snapshot per query
+        _tune(connection)
+        with archive_connection(connection, since, until) as archived:
+            by_task, per_contractor = report_statements(dialect, query)
+            if archived is None:
+                return connection.execute(by_task).all(), connection.execute(per_contractor).all()
+            live = connection.execute(per_record_statement(dialect, query)).all()
+            register_rows(archived, LIVE_PER_RECORD, live)
+            by_task, archived_per_contractor = report_statements(
+                archived.dialect.name, query, with_live=True
+            )
+            task_rows = archived.execute(by_task).all()
+            contractor_rows = _sum_groups(
+                [
+                    *connection.execute(per_contractor).all(),
+                    *archived.execute(archived_per_contractor).all(),
+                ],
+                keys=5,
+            )
+    return task_rows, contractor_rows
+
+
+def _sum_groups(rows: list[Any], keys: int) -> list[tuple[Any, ...]]:
+    """Rows of (keys..., n, first, last, denied, filtered) with equal keys added up."""
+    groups: dict[tuple[Any, ...], _Figures] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[:keys]), _Figures()).add(*row[keys:])
+    return [(*key, f.received, f.first, f.last, f.denied, f.filtered) for key, f in groups.items()]
+
+
 def exposure_report(
     db: Engine, query: ExposureQuery, *, catalogue_upstream: str = "default"
 ) -> dict[str, Any]:
     """The report of `query` (see the module docstring for its parts)."""
-    by_task, per_contractor = report_statements(db.dialect.name, query)
     generated_at = datetime.now(UTC)
-    with db.begin() as connection:  # one transaction; PostgreSQL: one snapshot per query
-        _tune(connection)
-        task_rows = connection.execute(by_task).all()
-        contractor_rows = connection.execute(per_contractor).all()
+    task_rows, contractor_rows = _report_rows(db, query)
 
     groups: dict[tuple[str | None, str | None], dict[str, Any]] = {}
     totals = _Figures()
@@ -334,9 +414,10 @@ MANIFEST_FIELDS = (
 )
 
 
-def manifest_rows(db: Engine, query: ExposureQuery, *, batch: int = 2000) -> Iterator[tuple]:
+def manifest_statement(dialect: str, query: ExposureQuery) -> Any:
     """(record id, project, task, first, last, times received, last SHA-256) per record
-    received in scope, ordered by record id, streamed with a server-side cursor."""
+    received in scope, in code-point order of (record id, project, task), NULLs last (the
+    same on PostgreSQL, whatever its collation, and on DuckDB: the orders get merged)."""
     event = AccessEvent
     keys = (event.record_id, event.project, event.task)
     newest_first = (event.time.desc(), event.id.desc())
@@ -353,10 +434,13 @@ def manifest_rows(db: Engine, query: ExposureQuery, *, batch: int = 2000) -> Ite
             window(func.first_value(event.record_sha256)).label("last_sha256"),
             func.row_number().over(partition_by=keys, order_by=newest_first).label("rn"),
         )
-        .where(*query.filter.conditions(db.dialect.name), _received())
+        .where(*query.filter.conditions(dialect), _received())
         .subquery()
     )
-    statement = (
+    order = [inner.c.record_id, inner.c.project, inner.c.task]
+    if dialect == "postgresql":
+        order = [key.collate("C") for key in order]
+    return (
         select(
             inner.c.record_id,
             inner.c.project,
@@ -367,20 +451,53 @@ def manifest_rows(db: Engine, query: ExposureQuery, *, batch: int = 2000) -> Ite
             inner.c.last_sha256,
         )
         .where(inner.c.rn == 1)
-        .order_by(inner.c.record_id, inner.c.project, inner.c.task)
+        .order_by(*order)
     )
-    with db.connect() as connection:
-        _tune(connection)
-        result = connection.execution_options(stream_results=True, yield_per=batch).execute(
-            statement
-        )
-        for row in result:
-            yield (
-                row[0],
-                row[1],
-                row[2],
-                format_time(row[3]),
-                format_time(row[4]),
-                row[5],
-                row[6],
-            )
+
+
+def manifest_rows(db: Engine, query: ExposureQuery, *, batch: int = 2000) -> Iterator[tuple]:
+    """The manifest's lines (`manifest_statement`), streamed with server-side cursors from
+    the database and the archives in the window; a record received on both sides of the
+    archive boundary is one line (first, last and count over both; the newer SHA-256)."""
+    since, until = query.filter.since, query.filter.until
+    with db.connect() as live:
+        _tune(live)
+        with log_connections(live, since, until) as connections:
+            results = [
+                connection.execution_options(stream_results=True, yield_per=batch).execute(
+                    manifest_statement(connection.dialect.name, query)
+                )
+                for connection in connections
+            ]
+            rows = results[0] if len(results) == 1 else _combined(merge(*results, key=_key))
+            for row in rows:
+                yield (
+                    row[0],
+                    row[1],
+                    row[2],
+                    format_time(row[3]),
+                    format_time(row[4]),
+                    row[5],
+                    row[6],
+                )
+
+
+def _key(row: Any) -> tuple[Any, ...]:
+    return (row[0], *_sort_key(row[1], row[2]))
+
+
+def _combined(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
+    current: list[Any] | None = None
+    for row in rows:
+        if current is not None and _key(current) == _key(row):
+            first, last = utc(row[3]), utc(row[4])
+            current[3] = min(current[3], first)
+            if last > current[4]:  # a tie keeps the database's, listed first
+                current[4], current[6] = last, row[6]
+            current[5] += row[5]
+            continue
+        if current is not None:
+            yield tuple(current)
+        current = [row[0], row[1], row[2], utc(row[3]), utc(row[4]), row[5], row[6]]
+    if current is not None:
+        yield tuple(current)

@@ -23,14 +23,17 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from heapq import merge
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, String, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, and_, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.archive.reader import log_connections
 from gateway.audit.chain import canonical_time
 from gateway.db.models import AccessEvent
+from gateway.db.times import time_param
 from gateway.policy.store import record_admin_event
 
 DECISIONS = ("allow", "deny", "filtered")
@@ -230,20 +233,6 @@ class EventFilter:
         return out
 
 
-def time_param(value: datetime, dialect: str) -> Any:
-    """A bound time that compares correctly with the stored column on this backend.
-
-    SQLite keeps times as the text the driver wrote, `2026-11-24 01:00:26.139874+00:00`
-    (`datetime.isoformat(" ")` of an aware UTC time); SQLAlchemy's own SQLite binding
-    drops the offset and would compare unequal with a stored value at the same instant.
-    So on SQLite the bound value is that very text.
-    """
-    value = utc(value)
-    if dialect == "sqlite":
-        return bindparam(None, value.isoformat(" "), type_=String)
-    return value
-
-
 def check_params(params: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, str]:
     """Parameter name → its one text value; unknown or repeated parameters are refused."""
     values: dict[str, str] = {}
@@ -339,22 +328,31 @@ def query_events(
     limit: int = DEFAULT_LIMIT,
     cursor: Cursor | None = None,
 ) -> Page:
-    """One page of events matching `where`, after `cursor`, in (time, id) order."""
-    dialect = db.dialect.name
-    conditions = where.conditions(dialect)
-    if cursor is not None:
-        conditions.append(after_cursor(cursor, dialect))
-    statement = (
-        select(*EVENT_COLUMNS)
-        .where(*conditions)
-        .order_by(AccessEvent.time, AccessEvent.id)
-        .limit(limit + 1)
-    )
-    rows = _execute(db, statement)
+    """One page of events matching `where`, after `cursor`, in (time, id) order, from the
+    database and the archives overlapping the window alike."""
+    with log_connections(db, where.since, where.until) as connections:
+        answers = []
+        for connection in connections:
+            dialect = connection.dialect.name
+            conditions = where.conditions(dialect)
+            if cursor is not None:
+                conditions.append(after_cursor(cursor, dialect))
+            statement = (
+                select(*EVENT_COLUMNS)
+                .where(*conditions)
+                .order_by(AccessEvent.time, AccessEvent.id)
+                .limit(limit + 1)
+            )
+            answers.append(list(connection.execute(statement)))
+    rows = answers[0] if len(answers) == 1 else list(merge(*answers, key=_time_order))
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = Cursor(utc(rows[-1].time), rows[-1].id).encode() if more else None
     return Page([event_json(row) for row in rows], next_cursor)
+
+
+def _time_order(row: Any) -> tuple[datetime, int]:
+    return utc(row.time), row.id
 
 
 def iter_events(
@@ -367,13 +365,6 @@ def iter_events(
         if page.next_cursor is None:
             return
         cursor = Cursor.decode(page.next_cursor)
-
-
-def _execute(db: Engine | Connection, statement: Any) -> list[Any]:
-    if isinstance(db, Connection):
-        return list(db.execute(statement))
-    with db.connect() as connection:
-        return list(connection.execute(statement))
 
 
 # --- record provenance -----------------------------------------------------------------
@@ -406,26 +397,50 @@ def parse_record_query(record_id: str, params: Mapping[str, Any]) -> EventQuery:
 
 
 def record_summary(db: Engine | Connection, record_id: str) -> dict[str, Any]:
+    """Counts, distinct contractors and content hashes, first and last access of one
+    record, over the database and every archive (the record's accesses may span years)."""
     event = AccessEvent
     allow = event.decision == "allow"
-    statement = select(
+    counts = select(
         func.count(),
         func.count().filter(allow),
         func.count().filter(event.decision == "deny"),
         func.count().filter(event.decision == "filtered"),
-        func.count(func.distinct(event.issuer + ":" + event.subject)),
-        func.count(func.distinct(event.record_sha256)),
         func.min(event.time),
         func.max(event.time),
     ).where(event.record_id == record_id)
-    total, allowed, denied, filtered, contractors, hashes, first, last = _execute(db, statement)[0]
+    contractors = (
+        select(event.issuer, event.subject)
+        .where(event.record_id == record_id, event.issuer.is_not(None), event.subject.is_not(None))
+        .distinct()
+    )
+    hashes = (
+        select(event.record_sha256)
+        .where(event.record_id == record_id, event.record_sha256.is_not(None))
+        .distinct()
+    )
+    totals = [0, 0, 0, 0]
+    first: datetime | None = None
+    last: datetime | None = None
+    people: set[tuple[str, str]] = set()
+    digests: set[str] = set()
+    with log_connections(db) as connections:
+        for connection in connections:
+            *numbers, low, high = connection.execute(counts).one()
+            totals = [a + int(b or 0) for a, b in zip(totals, numbers, strict=True)]
+            if low is not None:
+                first = utc(low) if first is None else min(first, utc(low))
+                last = utc(high) if last is None else max(last, utc(high))
+            people.update((issuer, subject) for issuer, subject in connection.execute(contractors))
+            digests.update(connection.execute(hashes).scalars())
+    total, allowed, denied, filtered = totals
     return {
         "accesses": total,
         "allowed": allowed,
         "denied": denied,
         "filtered": filtered,
-        "contractors": contractors,
-        "distinct_sha256": hashes,
+        "contractors": len(people),
+        "distinct_sha256": len(digests),
         "first_access": format_time(first),
         "last_access": format_time(last),
     }

@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from heapq import merge
+from itertools import islice
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Result, and_, func, select
 
+from gateway.archive.catalogue import ArchiveEntry
+from gateway.archive.check import check_archives
+from gateway.archive.reader import files_connection, local_files
 from gateway.audit.chain import GENESIS, HASHED_FIELDS, canonical_time
 from gateway.audit.seal import CHECKPOINT_COLUMNS, PRUNE, SEAL, Checkpoint
 from gateway.db.models import AccessEvent, AuditCheckpoint
@@ -53,6 +58,7 @@ INSERTED = "inserted"
 TRUNCATED = "truncated"
 REWRITTEN = "rewritten"
 BAD_CHECKPOINT = "bad_checkpoint"
+ARCHIVE = "archive"
 
 
 @dataclass
@@ -64,6 +70,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if self.kind == ARCHIVE:
+            return f"archive {self.chain_id}: {self.message}"
         where = f"chain {self.chain_id}"
         if self.seq is not None:
             where += f" seq {self.seq}"
@@ -85,6 +93,9 @@ class VerifyReport:
     pruned_chains: int = 0
     problem_count: int = 0
     problems: list[Problem] = field(default_factory=list)  # the first one of each chain
+    archives: int = 0
+    archived_rows: int = 0  # rows of the archives that passed their checks
+    unlisted_archives: list[str] = field(default_factory=list)  # in the store, not listed
     # Where the public keys came from: pinned by the auditor, or the database's own.
     keys_pinned: bool = False
     keys_origin: str = ""
@@ -140,8 +151,10 @@ class Verifier:
         keys: KeyRing,
         *,
         since: datetime | None = None,
+        until: datetime | None = None,
         chains: Iterable[str] | None = None,
         anchors: Iterable[Checkpoint] = (),
+        archives: Sequence[ArchiveEntry] = (),
         batch: int = 5000,
         progress: Callable[[int], None] | None = None,
         max_problems: int = 1000,
@@ -149,6 +162,8 @@ class Verifier:
         self._db = engine
         self._keys = keys
         self._since = since
+        self._until = until
+        self._archives = list(archives)
         self._chains = set(chains) if chains is not None else None
         self._anchors: dict[str, list[Checkpoint]] = defaultdict(list)
         for checkpoint in anchors:
@@ -159,7 +174,7 @@ class Verifier:
         self._progress = progress
         self._max_problems = max_problems
         self.report = VerifyReport(since=since)
-        self._content_hash = _ContentHash()
+        self._content_hash = ContentHash()
         self._seen_signatures: set[tuple[bytes, str, str]] = set()
 
     # --- reporting ---------------------------------------------------------------------
@@ -175,6 +190,9 @@ class Verifier:
             chain.problem = True
         if len(self.report.problems) < self._max_problems:
             self.report.problems.append(Problem(kind, chain_id, seq, row_id, message))
+
+    def archive_problem(self, name: str, message: str) -> None:
+        self._problem(name, ARCHIVE, None, None, message)
 
     def _valid(self, chain: _Chain | str, checkpoint: Checkpoint) -> bool:
         key = (checkpoint.payload(), checkpoint.kid, checkpoint.signature)
@@ -201,14 +219,18 @@ class Verifier:
         # One connection, one snapshot for rows and checkpoints alike: a seal committed
         # while we read must not look like a truncated chain. (SQLite: statements of one
         # connection share the read transaction while the row cursor is open.)
-        with self._db.connect() as db:
+        with ExitStack() as stack:
+            db = stack.enter_context(self._db.connect())
             if db.dialect.name == "postgresql":
                 db = db.execution_options(isolation_level="REPEATABLE READ")
-            result = db.execution_options(stream_results=True, yield_per=self._batch).execute(
-                self._row_query()
-            )
+            self._sources = [db]
+            if self._archives:
+                # Archived rows (checked by gateway.archive.check) join the stream in
+                # chain order, so a chain is followed across the archive boundary.
+                paths = local_files(self._archives)
+                self._sources.append(stack.enter_context(files_connection(paths)))
             chain: _Chain | None = None
-            for partition in result.partitions():
+            for partition in self._row_batches():
                 for row in partition:
                     if chain is None or row[_CHAIN] != chain.chain_id:
                         if chain is not None:
@@ -229,8 +251,24 @@ class Verifier:
         self.report.chains = len(seen)
         return self.report
 
+    def _row_batches(self) -> Iterator[list[Any]]:
+        results = [
+            source.execution_options(stream_results=True, yield_per=self._batch).execute(
+                self._row_query()
+            )
+            for source in self._sources
+        ]
+        if len(results) == 1:
+            yield from results[0].partitions()
+            return
+        rows = merge(*results, key=lambda row: (row[_CHAIN], row[_SEQ], row[_ID]))
+        while batch := list(islice(rows, self._batch)):
+            yield batch
+
     def _row_query(self) -> Any:
         query = select(*ROW_COLUMNS)
+        if self._until is not None:
+            query = query.where(AccessEvent.time < self._until)
         if self._since is not None:
             # Per chain, from the row before the first one at or after --since.
             starts = (
@@ -269,6 +307,8 @@ class Verifier:
         query = select(AuditCheckpoint.chain_id).distinct()
         if self._since is not None:
             query = query.where(AuditCheckpoint.time >= self._since)
+        if self._until is not None:
+            return set()  # a bounded run (an archive's) checks the chains it has rows of
         chains = set(connection.execute(query).scalars())
         chains |= set(self._anchors)
         if self._chains is not None:
@@ -423,7 +463,10 @@ class Verifier:
 
     def _finish(self, chain: _Chain) -> None:
         last = chain.last
-        for checkpoint in chain.take(2**63 - 1):
+        # A run bounded by `until` stops before the chain's end: later checkpoints vouch
+        # for rows it did not read.
+        upto = last[_SEQ] if self._until is not None else 2**63 - 1
+        for checkpoint in chain.take(upto):
             if not self._valid(chain, checkpoint):
                 continue
             self._problem(
@@ -470,11 +513,14 @@ class Verifier:
         result.close()
         if top_seal is None or top_seal.seq <= top_prune:
             return  # fully pruned
-        head = db.execute(
-            select(AccessEvent.id, AccessEvent.row_hash).where(
-                AccessEvent.chain_id == chain_id, AccessEvent.seq == top_seal.seq
-            )
-        ).first()
+        lookup = select(AccessEvent.id, AccessEvent.row_hash).where(
+            AccessEvent.chain_id == chain_id, AccessEvent.seq == top_seal.seq
+        )
+        head = None
+        for source in self._sources:
+            head = source.execute(lookup).first()
+            if head is not None:
+                break
         if head is None:
             self._problem(
                 chain_id,
@@ -494,7 +540,7 @@ class Verifier:
             )
 
 
-class _ContentHash:
+class ContentHash:
     """row -> the hash of its content; consecutive rows of one request share their time,
     so the canonical text of the last time seen is kept (strftime is most of the cost)."""
 
@@ -518,15 +564,35 @@ def verify_log(
     engine: Engine,
     *,
     since: datetime | None = None,
+    until: datetime | None = None,
     chains: Iterable[str] | None = None,
     anchors: Iterable[Checkpoint] = (),
     progress: Callable[[int], None] | None = None,
     keys: KeyRing | None = None,
+    archives: Sequence[ArchiveEntry] | None = None,
 ) -> VerifyReport:
+    """Every chain of the log, the database's rows and the archives' alike, and every
+    archive against its signed manifest (`gateway.archive.check`). `until` bounds the walk
+    (an archive run's check of one partition); `archives` names the ones to read instead
+    of those overlapping the window."""
     if keys is None:
         keys = KeyRing.from_registered(registered_keys(engine))
-    report = Verifier(
-        engine, keys, since=since, chains=chains, anchors=anchors, progress=progress
-    ).run()
+    archives_checked = check_archives(engine, keys.check, since=since, until=until, only=archives)
+    verifier = Verifier(
+        engine,
+        keys,
+        since=since,
+        until=until,
+        chains=chains,
+        anchors=anchors,
+        archives=archives_checked.intact,
+        progress=progress,
+    )
+    for name, message in archives_checked.problems:
+        verifier.archive_problem(name, message)
+    report = verifier.run()
+    report.archives = len(archives_checked.intact) + len(archives_checked.problems)
+    report.archived_rows = archives_checked.rows
+    report.unlisted_archives = archives_checked.unlisted
     report.keys_pinned, report.keys_origin = keys.pinned, keys.origin
     return report

@@ -37,11 +37,13 @@ NOTIFY_FLUSH_SECONDS = 15.0
 def database(config_path: str | None, pool_size: int = 2) -> Iterator[tuple[Config, Engine]]:
     """The config and an engine on its database, disposed of when the command is done."""
     from gateway import notify
+    from gateway.archive import reader as archives
     from gateway.db.session import make_engine
 
     config = _load(config_path)
     engine = make_engine(config.database_url, pool_size=pool_size)
     notify.configure(config, engine)
+    archives.configure(config.audit.archive)
     try:
         yield config, engine
     finally:

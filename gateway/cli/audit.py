@@ -12,4 +12,9 @@ def audit_group() -> None:
 
 
 # Importing registers the commands on the group.
-from gateway.cli import audit_integrity, audit_partitions, audit_query  # noqa: E402, F401
+from gateway.cli import (  # noqa: E402, F401
+    audit_archive,
+    audit_integrity,
+    audit_partitions,
+    audit_query,
+)

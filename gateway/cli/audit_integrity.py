@@ -206,6 +206,13 @@ def _print_report(report: VerifyReport) -> None:
         f"{report.unsealed_chains} chains ({report.never_sealed_chains} never sealed); "
         f"chains continuing after a prune: {report.pruned_chains}"
     )
+    if report.archives:
+        click.echo(
+            f"archives: {report.archives} checked against their signed manifests,"
+            f" {report.archived_rows} archived rows in the chains above"
+        )
+    for key in report.unlisted_archives:
+        click.echo(f"note: the archive store holds {key}, which the catalogue does not list")
     if report.keys_pinned:
         click.echo(f"signatures checked with {report.keys_origin}")
     else:

@@ -171,6 +171,31 @@ class AuditCheckpoint(Base):
     )
 
 
+class AuditArchive(Base):
+    """One archived partition of the access log (`gateway audit archive`): where its Parquet
+    file lies, its SHA-256, and the signed manifest that vouches for it (gateway/archive)."""
+
+    __tablename__ = "audit_archives"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The partition's range; readers open the archives overlapping their window.
+    time_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    time_to: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    file_key: Mapped[str] = mapped_column(String(512))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    file_bytes: Mapped[int] = mapped_column(BigInteger)
+    manifest_key: Mapped[str] = mapped_column(String(512))
+    # The signed manifest's exact bytes (also in the store beside the file).
+    manifest: Mapped[str] = mapped_column(Text)
+    kid: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_audit_archives_time", "time_from", "time_to"),)
+
+
 # --- anomaly review (gateway/anomaly) ----------------------------------------------------
 
 from sqlalchemy import Float  # noqa: E402 - appended with the anomaly models

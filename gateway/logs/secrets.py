@@ -16,6 +16,7 @@ def config_secrets(config: Config) -> list[str]:
     values: list[str | None] = [config.metrics.token, config.console.client_secret]
     values += [issuer.client_secret for issuer in config.issuers]
     values += [hook.secret for hook in config.notify.webhooks]
+    values.append(config.audit.archive.secret_access_key)
     # A webhook URL often is the credential (Slack's incoming webhooks).
     values += [hook.url for hook in config.notify.webhooks if hook.format == "slack"]
     for header in config.upstream.headers.values():
