@@ -31,6 +31,7 @@ from flask import Blueprint, Response, current_app, request
 
 from gateway.api.auth import AUDITOR, actor, error_response, require_role
 from gateway.api.bodies import InvalidRequest, bad_request, request_query
+from gateway.archive.store import ArchiveUnavailable
 from gateway.audit import exposure, manifest, query
 
 audit_blueprint = Blueprint("audit", __name__, url_prefix="/_gateway/audit")
@@ -44,6 +45,12 @@ def _bad_query(error: query.QueryError) -> Any:
     return error_response(
         400, "invalid_request", str(error)[:2000], fields={error.param: error.message}
     )
+
+
+@audit_blueprint.errorhandler(ArchiveUnavailable)
+def _archive_unavailable(error: ArchiveUnavailable) -> Any:
+    # Fail closed: an answer from part of the log would read as "nothing there".
+    return error_response(503, "archive_unavailable", str(error)[:2000])
 
 
 def _services() -> Any:

@@ -128,13 +128,23 @@ def export_chunks(
     batch: int = 2000,
     on_rows: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
-    """The export as a stream of byte chunks, one per batch of rows."""
+    """The export as a stream of byte chunks, one per batch of rows.
+
+    The first chunk comes only once the database and the archives in the window are open
+    (`ArchiveUnavailable` otherwise), so a caller that takes it before answering never
+    starts a download it cannot finish."""
     if fmt not in FORMATS:
         raise ExportError("format", f"must be one of {', '.join(FORMATS)}")
     encode = {"csv": _csv_chunk, "jsonl": _jsonl_chunk, "ocsf": _ocsf_chunk}[fmt]
+    batches = iter_rows(engine, filters, batch=batch)
+    first = next(batches, None)
     if fmt == "csv":
         yield _csv_line(EXPORT_FIELDS)
-    for rows in iter_rows(engine, filters, batch=batch):
+    for rows in [first] if first is not None else []:
+        yield encode(rows)
+        if on_rows is not None:
+            on_rows(len(rows))
+    for rows in batches:
         yield encode(rows)
         if on_rows is not None:
             on_rows(len(rows))

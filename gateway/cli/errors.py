@@ -21,10 +21,14 @@ def describe_error(error: BaseException) -> str | None:
     """A one-line message for an error an admin can act on; None for anything else."""
     from sqlalchemy import exc as sa
 
+    from gateway.archive.make import ArchiveError
+    from gateway.archive.store import ArchiveUnavailable
     from gateway.policy.admin import PolicyValidationError
     from gateway.policy.rules import PolicyFileError
     from gateway.policy.store import StaleVersion
 
+    if isinstance(error, ArchiveUnavailable | ArchiveError):
+        return str(error)
     if isinstance(error, PolicyValidationError):
         return "; ".join(f"{field}: {message}" for field, message in error.errors.items())
     if isinstance(error, StaleVersion):

@@ -200,7 +200,9 @@ def _chain_heads() -> list[dict[str, Any]]:
 def export() -> Any:
     """The access log (vendor, project, window) as CSV, JSON lines or OCSF: a download."""
     from datetime import UTC, datetime
+    from itertools import chain
 
+    from gateway.archive.store import ArchiveUnavailable
     from gateway.audit.export import FORMATS, ExportError, ExportFilter, export_chunks, parse_time
 
     params = _given(("vendor", "project", "since", "until", "format"))
@@ -226,6 +228,11 @@ def export() -> Any:
     )
     media_type, suffix = FORMATS[fmt]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    response = Response(export_chunks(db, fmt, filters), content_type=media_type)
+    chunks = export_chunks(db, fmt, filters)
+    try:
+        first = next(chunks, b"")
+    except ArchiveUnavailable as error:
+        return render_template("error.html", message=f"archive unavailable: {error}"), 503
+    response = Response(chain([first], chunks), content_type=media_type)
     response.headers["Content-Disposition"] = f'attachment; filename="access-log-{stamp}.{suffix}"'
     return response

@@ -15,6 +15,7 @@ from flask import (
     session,
 )
 
+from gateway.archive.store import ArchiveUnavailable
 from gateway.console import access, alerts, explorer, killswitch, login
 from gateway.console.security import csrf_ok, csrf_token, secure_headers
 from gateway.console.sessions import CONSOLE_PREFIX, ConsoleSessionInterface
@@ -28,6 +29,12 @@ console_blueprint = Blueprint(
     static_url_path="/static",
 )
 console_blueprint.after_request(secure_headers)
+
+
+@console_blueprint.errorhandler(ArchiveUnavailable)
+def _archive_unavailable(error: ArchiveUnavailable) -> Any:
+    # Fail closed: a page from part of the log would read as "nothing there".
+    return render_template("error.html", message=f"archive unavailable: {error}"), 503
 
 
 @console_blueprint.app_template_global()
