@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from gateway import metrics
 from gateway.anomaly.config import AnomalyConfig
 from gateway.anomaly.detectors import Finding, detect, lookback_days, severity_at_least
+from gateway.anomaly.incremental import IncrementalDetector, window_start
 from gateway.anomaly.rollup import SqlSource, refresh_rollup, set_state, utc
 from gateway.anomaly.store import UpsertResult, escalate_alert, upsert_findings
 from gateway.timestamps import rfc3339
@@ -39,6 +40,8 @@ class ScanResult:
     seconds: float = 0.0
     # Seconds per phase: rollup, detectors, store (for `watch` logs and the benchmark).
     phases: dict[str, float] = field(default_factory=dict)
+    # An incremental round: vendors and contractors scored again, hours re-read.
+    detection: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class ScanResult:
             "auto_locks": self.auto_locks,
             "seconds": round(self.seconds, 2),
             "phase_seconds": {name: round(value, 2) for name, value in self.phases.items()},
+            "detection": self.detection,
         }
 
 
@@ -67,9 +71,17 @@ def scan(
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    incremental: IncrementalDetector | None = None,
 ) -> ScanResult:
+    """One scan. With `incremental` (a `watch` process keeps one across rounds), the
+    window starts at a day boundary (`window_start`) and only the vendors and contractors
+    whose inputs changed since its last round are scored again: the same findings."""
     started = time.monotonic()
     until = utc(until) if until else datetime.now(UTC)
+    if since is None and incremental is not None:
+        since = datetime.fromtimestamp(
+            window_start(until.timestamp(), config.scan_window_hours), UTC
+        )
     since = utc(since) if since else until - timedelta(hours=config.scan_window_hours)
     if since >= until:
         raise ValueError("--since must be before --until")
@@ -89,20 +101,27 @@ def scan(
         phases[name], mark = now - mark, now
 
     lap("rollup")
-    findings = detect(
-        SqlSource(engine),
-        config,
-        since.timestamp(),
-        until.timestamp(),
-        on_start=on_start,
-        progress=progress,
-    )
+    if incremental is not None:
+        findings = incremental.round(
+            since.timestamp(), until.timestamp(), on_start=on_start, progress=progress
+        )
+    else:
+        findings = detect(
+            SqlSource(engine),
+            config,
+            since.timestamp(),
+            until.timestamp(),
+            on_start=on_start,
+            progress=progress,
+        )
     lap("detectors")
     if on_phase:
         on_phase("storing alerts")
     stored = upsert_findings(engine, findings)
     lap("store")
     result = ScanResult(since, until, findings, stored, rollup, phases=phases)
+    if incremental is not None:
+        result.detection = incremental.figures.as_dict()
     result.auto_locks = auto_lock(
         engine, config, stored, exposure_days=exposure_days, gateway_config=gateway_config
     )

@@ -157,6 +157,7 @@ def run_scan(
     until: datetime | None,
     rebuild: bool,
     show_progress: bool,
+    incremental: Any = None,
 ) -> Any:
     from gateway.anomaly.scan import scan
 
@@ -190,6 +191,7 @@ def run_scan(
             on_start=on_start,
             progress=progress,
             on_phase=on_phase,
+            incremental=incremental,
         )
     finally:
         if bar is not None:
@@ -450,9 +452,15 @@ def watch_command(
 ) -> None:
     """Scan periodically, in this process (run it beside the gateway, not in it).
 
-    Each round scans the last scan_window_hours; the hourly rollup makes a round cost
-    only the newest hours. SIGTERM or Ctrl-C stop it after the current round.
+    Each round scans from the start of the day that holds now - scan_window_hours; the
+    hourly rollup is refreshed for the newest hours only, and the detectors score again
+    only the contractors whose inputs changed since the last round (the first round, and
+    the first after midnight UTC, score everyone). SIGTERM or Ctrl-C stop it after the
+    current round.
     """
+    from gateway.anomaly.incremental import IncrementalDetector
+    from gateway.anomaly.rollup import SqlSource
+
     anomaly = thresholds(config_path, thresholds_path)
     every = interval or anomaly.watch_interval_seconds
     stopping = False
@@ -466,6 +474,9 @@ def watch_command(
     if metrics_bind:
         start_metrics_listener(metrics_bind)
     with database(config_path) as (config, engine):
+        detector = IncrementalDetector(
+            SqlSource(engine), anomaly, late_hours=anomaly.rollup_late_hours
+        )
         while not stopping:
             started = time.monotonic()
             try:
@@ -477,12 +488,14 @@ def watch_command(
                     until=None,
                     rebuild=False,
                     show_progress=False,
+                    incremental=detector,
                 )
                 new = result.stored.new
                 click.echo(
                     f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} scan: {len(result.findings)} "
                     f"findings, {len(new)} new alerts{' ' + str(new) if new else ''} "
-                    f"({result.seconds:.1f}s)"
+                    f"({result.seconds:.1f}s; scored {result.detection.get('rescored_contractors')}"
+                    f" of {result.detection.get('contractors')} contractors)"
                 )
                 for lock in result.auto_locks:
                     click.echo(f"  locked {lock['target']} (lock {lock['lock_id']})")
