@@ -322,3 +322,47 @@ def test_a_partition_that_does_not_verify_is_not_archived(log: Log) -> None:
     assert [e.name for e in entries(log.engine)] == [
         f"access_log_p{log.day(back):%Y%m%d}" for back in range(DAYS, 3, -1)
     ]
+
+
+def test_two_runs_at_once_archive_each_partition_once(log: Log) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.archive.make import archivable, archive_partition
+    from gateway.keys import GatewayKeys
+    from gateway.keys.registry import registered_keys
+    from gateway.keys.ring import KeyRing
+    from gateway.keys.signer import Ed25519FileSigner
+
+    signer = Ed25519FileSigner(signing_key_file())
+    keys = GatewayKeys(log.engine, signer, audience="test")
+    ring = KeyRing.from_registered(registered_keys(log.engine))
+    parts = archivable(log.engine, log.day(1))
+
+    def run() -> list[str]:
+        outcomes = []
+        for part in parts:
+            try:
+                result = archive_partition(
+                    log.engine,
+                    part,
+                    store=archives.store(),
+                    config=log.archive_config,
+                    sign=keys.sign_detached,
+                    keys=ring,
+                )
+                outcomes.append(f"archived {result.name}")
+            except Exception as error:  # the other run got there first
+                outcomes.append(f"refused {part.name}: {type(error).__name__}")
+        return outcomes
+
+    with ThreadPoolExecutor(2) as pool:
+        results = [future.result() for future in [pool.submit(run), pool.submit(run)]]
+    archived = [line for outcomes in results for line in outcomes if line.startswith("archived")]
+    assert sorted(archived) == sorted(f"archived {part.name}" for part in parts), results
+    catalogue = entries(log.engine)
+    assert [entry.name for entry in catalogue] == [part.name for part in parts]
+    store_keys = set(archives.store().list_keys())
+    for entry in catalogue:
+        assert {entry.file_key, entry.manifest_key} <= store_keys
+    report = verify_log(log.engine)
+    assert report.ok and report.archives == len(parts), report.first_problem

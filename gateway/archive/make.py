@@ -122,6 +122,30 @@ def archive_partition(
     progress: Callable[[str], None] | None = None,
 ) -> ArchiveResult:
     say = progress or (lambda _text: None)
+    # One run at a time, partition by partition: a second run waits here, then finds the
+    # partition gone (archived by the first).
+    with engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(hashtext('gateway_audit_archive'))"))
+        try:
+            found = lock.execute(text("SELECT to_regclass(:n)"), {"n": part.name}).scalar()
+            lock.commit()
+            if found is None:
+                raise ArchiveError(f"{part.name} is gone: another run archived it")
+            return _archive(engine, part, store, config, sign, keys, say)
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(hashtext('gateway_audit_archive'))"))
+            lock.commit()
+
+
+def _archive(
+    engine: Engine,
+    part: PartitionRange,
+    store: ArchiveStore,
+    config: ArchiveConfig,
+    sign: Signer,
+    keys: KeyRing,
+    say: Callable[[str], None],
+) -> ArchiveResult:
     started = time.monotonic()
     say(f"{part.name}: verifying")
     report = _verify(engine, part, keys)
@@ -166,8 +190,11 @@ def archive_partition(
                 _detach(connection, part, written.rows)
                 add_entry(connection, signed, manifest_key)
         except Exception:
-            for stored in (key, manifest_key):
-                store.delete(stored)
+            # Another run may have archived the same rows under the same keys meanwhile:
+            # what the catalogue lists stays.
+            if not any(entry.file_key == key for entry in entries(engine)):
+                for stored in (key, manifest_key):
+                    store.delete(stored)
             raise
     return ArchiveResult(
         part.name, written.rows, key, size, sha256, time.monotonic() - started, verified
