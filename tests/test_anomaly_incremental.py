@@ -9,7 +9,6 @@ scoring again only the contractors whose inputs changed (and everyone on a new d
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,7 @@ from gateway.anomaly.simulate import simulate, write_requests
 from gateway.anomaly.store import list_alerts
 from gateway.db.migrate import upgrade
 from gateway.db.session import make_engine
-from tests.conftest import _drop_postgres_db, _make_postgres_db, _postgres_server
+from tests.test_audit_partitions import postgres_url  # noqa: F401 (a fixture)
 
 CONFIG = AnomalyConfig()
 SIZES = {"contractors": 40, "vendors": 4, "days": 21, "warmup_days": 7}
@@ -73,18 +72,7 @@ def test_the_window_moves_once_a_day() -> None:
     assert window_start(day + 24 * 3600, 48) == day - 86400
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    server = _postgres_server()
-    if server is None:
-        pytest.skip("PostgreSQL not configured: set GATEWAY_TEST_POSTGRES")
-    name = f"gw_incremental_{secrets.token_hex(4)}"
-    url = _make_postgres_db(server, name)
-    yield url
-    _drop_postgres_db(server, name)
-
-
-def test_incremental_watch_rounds_on_postgresql(postgres_url: str) -> None:
+def test_incremental_watch_rounds_on_postgresql(postgres_url: str) -> None:  # noqa: F811
     simulation = simulate(101, **SIZES)
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
