@@ -330,7 +330,11 @@ def query_events(
 ) -> Page:
     """One page of events matching `where`, after `cursor`, in (time, id) order, from the
     database and the archives overlapping the window alike."""
-    with log_connections(db, where.since, where.until) as connections:
+    # Archives wholly before the cursor hold nothing for this page.
+    since = where.since
+    if cursor is not None and (since is None or utc(cursor.time) > utc(since)):
+        since = cursor.time
+    with log_connections(db, since, where.until) as connections:
         answers = []
         for connection in connections:
             dialect = connection.dialect.name

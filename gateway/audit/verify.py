@@ -254,7 +254,7 @@ class Verifier:
     def _row_batches(self) -> Iterator[list[Any]]:
         results = [
             source.execution_options(stream_results=True, yield_per=self._batch).execute(
-                self._row_query()
+                self._row_query(source.dialect.name)
             )
             for source in self._sources
         ]
@@ -265,15 +265,18 @@ class Verifier:
         while batch := list(islice(rows, self._batch)):
             yield batch
 
-    def _row_query(self) -> Any:
+    def _row_query(self, dialect: str) -> Any:
         query = select(*ROW_COLUMNS)
         if self._until is not None:
             query = query.where(AccessEvent.time < self._until)
         if self._since is not None:
             # Per chain, from the row before the first one at or after --since.
+            window = [AccessEvent.time >= self._since]
+            if self._until is not None:  # else it would read the whole log after since
+                window.append(AccessEvent.time < self._until)
             starts = (
                 select(AccessEvent.chain_id, func.min(AccessEvent.seq).label("start"))
-                .where(AccessEvent.time >= self._since)
+                .where(*window)
                 .group_by(AccessEvent.chain_id)
                 .subquery()
             )
@@ -286,7 +289,12 @@ class Verifier:
             )
         if self._chains is not None:
             query = query.where(AccessEvent.chain_id.in_(sorted(self._chains)))
-        return query.order_by(AccessEvent.chain_id, AccessEvent.seq, AccessEvent.id)
+        chain = AccessEvent.chain_id
+        if self._archives and dialect == "postgresql":
+            # Merged with DuckDB's stream, which orders text by code point: so must this,
+            # whatever the database's collation.
+            chain = chain.collate("C")  # type: ignore[assignment]
+        return query.order_by(chain, AccessEvent.seq, AccessEvent.id)
 
     def _checkpoint_stream(
         self, connection: Connection, chain_id: str, from_seq: int
