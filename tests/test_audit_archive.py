@@ -306,6 +306,8 @@ def test_verify_finds_an_altered_or_missing_archive(log: Log) -> None:
     }
 
 
+# Refusing happens before the store is touched: the directory store is enough.
+@pytest.mark.parametrize("log", ["directory"], indirect=True)
 def test_a_partition_that_does_not_verify_is_not_archived(log: Log) -> None:
     day = log.day(3)
     victim = f"access_log_p{day:%Y%m%d}"
