@@ -183,4 +183,4 @@ def test_soak_with_a_worker_kill_a_lock_and_a_policy_change(
     kinds = sorted(f.kind for f in result.faults if f.ok)
     assert kinds == ["kill_worker", "lock", "policy_grant", "unlock"], story
     assert rec.records_released > 1000 and rec.outcomes["403 locked"] > 0, story
-    assert time.monotonic() - began < 120, story
+    assert time.monotonic() - began < 150, story

@@ -44,6 +44,9 @@ class SoakOptions:
     pg_restart_wait: float = 120.0
     # Fingerprint the sources before and after, to refuse a run whose code changed under it.
     check_code: bool = True
+    # On a slow machine the admin commands can fall behind their plan; the load then goes on
+    # past `duration` (at most this long) so that every planned fault still runs under load.
+    fault_overrun: float = 60.0
 
 
 @dataclass
@@ -234,6 +237,7 @@ def run_soak(
     origin = time.monotonic()
     origin_wall = dt.datetime.now(dt.UTC)
     deadline = origin + options.duration
+    hard_deadline = deadline + options.fault_overrun
     clients = [
         threading.Thread(
             target=_client,
@@ -246,7 +250,7 @@ def run_soak(
                 options,
                 run_id,
                 origin,
-                deadline,
+                hard_deadline,
                 stop,
                 attempts,
             ),
@@ -261,6 +265,9 @@ def run_soak(
     faults.thread.start()
     try:
         _progress(attempts, origin, deadline, stop, say)
+        if faults.thread.is_alive():
+            say(f"[{time.monotonic() - origin:6.1f}s] load goes on until the planned faults ran")
+            faults.thread.join(max(0.0, hard_deadline - time.monotonic()))
     finally:
         stop.set()
         end_by = time.monotonic() + options.request_timeout + 10
