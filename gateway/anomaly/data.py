@@ -153,6 +153,17 @@ class MismatchHit(NamedTuple):
 CATALOGUE_MISMATCH = "catalogue_mismatch"
 
 
+class PolicyGrant(NamedTuple):
+    """A project made reachable by a policy change: who (a contractor key `<issuer>:<sub>`,
+    `vendor:<name>` or `role:<name>`), which project, and when the change was committed.
+    Grants in force before the log begins carry the time of their version, or any earlier
+    time (the simulators use the start of the log minus a day)."""
+
+    ts: float
+    subject: str
+    project: str
+
+
 class LogSource(Protocol):
     """Where the detectors' data comes from: the database or the simulator."""
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from gateway.anomaly.data import Request
+from gateway.anomaly.data import PolicyGrant, Request
 
 START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 # An hour's pace is at most this multiple of the contractor's usual pace.
@@ -195,6 +195,10 @@ class Simulation:
     canaries: list[str]
     benign: list[BenignCase]
     contractor_days: int  # enrolled contractor-days after the warm-up
+    # The policy changes that made projects reachable (grants in force at the start too).
+    grants: list[PolicyGrant] = field(default_factory=list)
+    # The attack families this generator plants (the report lists each, even when absent).
+    families: tuple[str, ...] = FAMILIES
 
     @property
     def end(self) -> float:
