@@ -44,6 +44,8 @@ Detector = Literal[
     "locked_attempt",
     "canary_touch",
     "catalogue_mismatch",
+    "combined",
+    "vendor_rise",
 ]
 SEVERITIES: tuple[str, ...] = get_args(Severity)
 DETECTORS: tuple[str, ...] = get_args(Detector)
@@ -152,6 +154,29 @@ class AnomalyConfig(Section):
     raise an alert; one such row is already a probe of the upstream's IDOR.
     """
     catalogue_mismatch_severity: Severity = "high"
+
+    # --- weak signals combined (detectors/signals.py, detectors/combined.py) ----------
+    combined_threshold: PositiveFloat = 8.0
+    """A contractor's combined score (points of the day + decay x the previous day's score)
+    that raises a `combined` alert.
+    """
+    combined_decay: Share = 0.5
+    """How much of the previous day's score carries into the next day."""
+    combined_signal_cap: PositiveFloat = 10.0
+    """No one signal counts for more than this (nats, before its weight)."""
+    combined_min_points: NonNegativeFloat = 1.0
+    """Signals worth fewer points are left out (everyday noise)."""
+    grant_recent_days: PositiveInt = 3
+    """A first access to a project within this many days of a policy grant of it is expected."""
+    vendor_min_contractors: PositiveInt = 4
+    """Contractors with history (of the vendor, and of the other vendors on its projects)
+    needed to score a vendor's day.
+    """
+    vendor_cusum_slack: NonNegativeFloat = 0.5
+    vendor_cusum_threshold: PositiveFloat = 6.0
+    """CUSUM of the vendor's daily z (its contractors' rise against other vendors') that
+    raises a `vendor_rise` alert.
+    """
 
     # --- alerts -> locks --------------------------------------------------------------
     auto_lock_detectors: Annotated[tuple[Detector, ...], Field(strict=False)] = ()

@@ -195,6 +195,10 @@ class LogSource(Protocol):
         """Every row in the window withheld or refused as `catalogue_mismatch`."""
         ...
 
+    def policy_grants(self, start_ts: float, end_ts: float) -> list[PolicyGrant]:
+        """Projects made reachable by policy changes committed in the window, oldest first."""
+        ...
+
 
 # --- per-contractor series -------------------------------------------------------------
 
@@ -210,6 +214,11 @@ class Hour:
     locked: int = 0
     projects: dict[str | None, int] = field(default_factory=dict)
     tasks: set[tuple[str | None, str | None]] = field(default_factory=set)
+    # (project, task) -> requests refused there: a retrying client stays on one target.
+    refused: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    # The largest records per read request of one (address, project, task) group: with a
+    # client's fixed page size, the size of its pages.
+    page: float = 0.0
     # client IP -> [first ts, last ts, requests]
     ips: dict[str | None, list[float]] = field(default_factory=dict)
     first_id: int = 0
@@ -331,6 +340,8 @@ def build_series(rows: Iterable[HourlyRow]) -> dict[str, Series]:
             stats.read_requests += row.requests
             stats.projects[row.project] = stats.projects.get(row.project, 0) + row.rows
             stats.tasks.add((row.project, row.task))
+            if row.requests:
+                stats.page = max(stats.page, row.rows / row.requests)
             stats.first_id = (
                 row.first_id if not stats.first_id else min(stats.first_id, row.first_id)
             )
@@ -342,6 +353,8 @@ def build_series(rows: Iterable[HourlyRow]) -> dict[str, Series]:
         elif kind in PROBE_KINDS:
             stats.probe_requests += row.requests
             stats.probe_rows += row.rows
+            target = (row.project, row.task)
+            stats.refused[target] = stats.refused.get(target, 0) + row.requests
         elif kind == "locked":
             stats.locked += row.rows
         ip = stats.ips.get(row.client_ip)
@@ -396,8 +409,14 @@ class MemorySource:
     rows get when the simulator writes them to an empty database.
     """
 
-    def __init__(self, requests: Iterable[Request], canaries: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        requests: Iterable[Request],
+        canaries: Iterable[str] = (),
+        grants: Iterable[PolicyGrant] = (),
+    ) -> None:
         self.requests = sorted(requests, key=lambda r: (r.ts, r.request_id))
+        self.grants = sorted(grants)
         self.first_ids: list[int] = []
         next_id = 1
         for request in self.requests:
@@ -526,6 +545,9 @@ class MemorySource:
                     if len(out) >= limit:
                         return out
         return out
+
+    def policy_grants(self, start_ts: float, end_ts: float) -> list[PolicyGrant]:
+        return [grant for grant in self.grants if start_ts <= grant.ts < end_ts]
 
     def canary_hits(self, start_ts: float, end_ts: float) -> list[CanaryHit]:
         if not self.canaries:

@@ -43,13 +43,16 @@ from gateway.anomaly.data import (
 from gateway.anomaly.detectors.common import Context, Finding, Peers
 from gateway.anomaly.detectors.records import canary_touches, catalogue_mismatches
 from gateway.anomaly.detectors.run import (
-    ADDRESS_DETECTORS,
-    SERIES_DETECTORS,
+    ALL_DETECTORS,
     attach_evidence,
     locations_for,
     lookback_days,
     merge,
+    new_context,
+    score_series,
+    score_vendor,
 )
+from gateway.anomaly.detectors.signals import Grants, read_grants
 
 Across = dict[tuple[int, str | None], list[tuple[str, int]]]
 
@@ -93,6 +96,7 @@ class _Inputs:
     daily: dict[int, Across] = field(default_factory=dict)  # day -> project_days of it
     # vendor -> key -> the series detectors' findings (before merging)
     findings: dict[str | None, dict[str, list[Finding]]] = field(default_factory=dict)
+    grants: list[Any] = field(default_factory=list)  # the policy grants the signals read
 
 
 class IncrementalDetector:
@@ -148,9 +152,14 @@ class IncrementalDetector:
         for day_across in current.daily.values():
             across.update(day_across)
         vendors = sorted(current.rows, key=lambda vendor: vendor or "")
+        ctx = new_context(self.config, self.source, since_hour, end_hour, locations, across)
+        current.grants = read_grants(ctx)
+        ctx.cache["grants"] = Grants(current.grants)
+        if last is not None and not full and last.grants != current.grants:
+            # A policy change explains (or stops explaining) first accesses: score everyone.
+            recent = {vendor: set(keys) for vendor, keys in current.rows.items()}
         if on_start is not None:
             on_start(sum(len(current.rows[v]) for v in vendors if recent.get(v)))
-        ctx = Context(self.config, self.source, since_hour, end_hour, locations)
         for vendor in vendors:
             keys = current.rows[vendor]
             before = last.series.get(vendor, {}) if last is not None and not full else {}
@@ -177,6 +186,10 @@ class IncrementalDetector:
                         progress(1)
                 else:
                     found[key] = kept[key]
+            # The vendor's own findings (vendor:<name> never names a contractor).
+            found[f"vendor:{vendor}"] = [
+                copy.deepcopy(f) for f in score_vendor(vendor, peers, ctx, ALL_DETECTORS)
+            ]
             current.findings[vendor] = found
         figures.vendors = len(vendors)
         figures.contractors = sum(len(current.rows[v]) for v in vendors)
@@ -248,10 +261,7 @@ class IncrementalDetector:
         return changed, recent
 
     def _score(self, series: Series, peers: Peers, ctx: Context) -> list[Finding]:
-        names = SERIES_DETECTORS if series.who.subject is not None else ADDRESS_DETECTORS
-        found: list[Finding] = []
-        for name in names:
-            found.extend(SERIES_DETECTORS[name](series, peers, ctx))
+        found = score_series(series, peers, ctx, ALL_DETECTORS)
         return [copy.deepcopy(finding) for finding in found]
 
 

@@ -42,10 +42,18 @@ from gateway.anomaly.data import (
     DetailRow,
     HourlyRow,
     MismatchHit,
+    PolicyGrant,
     Who,
 )
-from gateway.db.models import AccessEvent, AnomalyHourly, AnomalyState, CanaryRecord
+from gateway.db.models import (
+    AccessEvent,
+    AnomalyHourly,
+    AnomalyState,
+    CanaryRecord,
+    PolicyVersion,
+)
 from gateway.db.times import time_param
+from gateway.policy.rules import PolicyFileError, parse_csv
 
 ROLLUP_STATE = "rollup"
 ROLLUP_WORK_MEM = "256MB"
@@ -438,6 +446,35 @@ class SqlSource:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return [MismatchHit(r[0], utc(r[1]).timestamp(), *r[2:]) for r in rows]
+
+    def policy_grants(self, start_ts: float, end_ts: float) -> list[PolicyGrant]:
+        # Versions store their added rule lines; an allow rule or a role assignment makes
+        # its project reachable from the version's commit (or the rule's own start).
+        query = (
+            select(PolicyVersion.created_at, PolicyVersion.diff)
+            .where(
+                PolicyVersion.created_at >= time_param(from_ts(start_ts), self.dialect),
+                PolicyVersion.created_at < time_param(from_ts(end_ts), self.dialect),
+            )
+            .order_by(PolicyVersion.id)
+        )
+        with self.engine.connect() as connection:
+            versions = connection.execute(query).all()
+        grants: list[PolicyGrant] = []
+        for created_at, diff in versions:
+            committed = utc(created_at).timestamp()
+            try:
+                added = orjson.loads(diff or "{}").get("added") or []
+                rules = parse_csv("\n".join(added), "policy version")
+            except (orjson.JSONDecodeError, AttributeError, PolicyFileError):
+                continue  # a version the engine could not load grants nothing
+            for rule in rules:
+                if rule.ptype == "p" and rule.values[4] != "allow":
+                    continue
+                grants.append(
+                    PolicyGrant(max(committed, rule.not_before or 0.0), rule.subject, rule.project)
+                )
+        return sorted(grants)
 
 
 def hours_for(since: datetime, until: datetime) -> tuple[int, int]:

@@ -156,6 +156,9 @@ class Peers:
         project_days: dict[tuple[int, str | None], list[tuple[str, int]]] | None = None,
     ) -> None:
         self.config = config
+        self.series = series
+        # What other detectors derive from these peers once (the weak signals' team view).
+        self.cache: dict[str, Any] = {}
         # (day, project) -> [(contractor, reads)] over every vendor: a project's ramp-up
         # or deadline is shared by everyone on it.
         self.project_days = project_days or {}
@@ -311,6 +314,8 @@ class Context:
     since_hour: int
     end_hour: int
     locations: IpLocations | None = None
+    # What several detectors derive once per scan (the policy grants, team figures).
+    cache: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass

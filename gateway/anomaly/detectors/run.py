@@ -22,6 +22,7 @@ from gateway.anomaly.detectors.behaviour import (
     off_hours,
     probing,
 )
+from gateway.anomaly.detectors.combined import combined, vendor_rise
 from gateway.anomaly.detectors.common import (
     EPISODE_DAYS,
     EVIDENCE_ROWS,
@@ -58,9 +59,47 @@ SERIES_DETECTORS: dict[str, Callable[[Series, Peers, Context], list[Finding]]] =
 RECORD_DETECTORS = frozenset({"canary_touch", "catalogue_mismatch"})
 # Unauthenticated traffic (keyed by address) has no history, peers or locks to speak of.
 ADDRESS_DETECTORS = ("probing",)
+# Detectors over the others' findings and weak signals (detectors/combined.py).
+COMBINING_DETECTORS = frozenset({"combined", "vendor_rise"})
+
+
+def score_series(
+    series: Series, peers: Peers, ctx: Context, wanted: set[str] | frozenset[str]
+) -> list[Finding]:
+    """Every series detector on one contractor (or address), then their combination."""
+    names = SERIES_DETECTORS if series.who.subject is not None else ADDRESS_DETECTORS
+    found: list[Finding] = []
+    for name in names:
+        if name in wanted:
+            found.extend(SERIES_DETECTORS[name](series, peers, ctx))
+    if "combined" in wanted:
+        found.extend(combined(series, peers, ctx, found))
+    return found
+
+
+def score_vendor(
+    vendor: str | None, peers: Peers, ctx: Context, wanted: set[str] | frozenset[str]
+) -> list[Finding]:
+    return vendor_rise(vendor, peers, ctx) if "vendor_rise" in wanted else []
+
+
+def new_context(
+    config: AnomalyConfig,
+    source: LogSource,
+    since_hour: int,
+    end_hour: int,
+    locations: IpLocations | None,
+    across: dict[tuple[int, str | None], list[tuple[str, int]]],
+) -> Context:
+    ctx = Context(config, source, since_hour, end_hour, locations)
+    ctx.cache["project_days"] = across
+    return ctx
 
 
 # --- running them ----------------------------------------------------------------------
+
+
+ALL_DETECTORS = frozenset(SERIES_DETECTORS) | RECORD_DETECTORS | COMBINING_DETECTORS
 
 
 def merge(findings: Iterable[Finding]) -> list[Finding]:
@@ -171,10 +210,10 @@ def detect(
     since_hour = int(since_ts // 3600)
     end_hour = math.ceil(end_ts / 3600)
     start_hour = since_hour - 24 * lookback_days(config)
-    ctx = Context(config, source, since_hour, end_hour, locations_for(config))
-    wanted = set(detectors or SERIES_DETECTORS.keys() | RECORD_DETECTORS)
+    wanted = set(detectors or ALL_DETECTORS)
     findings: list[Finding] = []
     across = project_days(source.daily_reads(start_hour, end_hour))
+    ctx = new_context(config, source, since_hour, end_hour, locations_for(config), across)
     vendors = source.vendors(start_hour, end_hour)
     if on_start is not None:
         on_start(sum(count for _, count in vendors))
@@ -182,13 +221,10 @@ def detect(
         series = build_series(source.hourly(vendor, start_hour, end_hour))
         peers = Peers(series, config, across)
         for key in sorted(series):
-            s = series[key]
-            names = SERIES_DETECTORS if s.who.subject is not None else ADDRESS_DETECTORS
-            for name in names:
-                if name in wanted:
-                    findings.extend(SERIES_DETECTORS[name](s, peers, ctx))
+            findings.extend(score_series(series[key], peers, ctx, wanted))
             if progress is not None:
                 progress(1)
+        findings.extend(score_vendor(vendor, peers, ctx, wanted))
     if "canary_touch" in wanted:
         findings.extend(canary_touches(ctx))
     if "catalogue_mismatch" in wanted:

@@ -1,0 +1,645 @@
+"""Weak signals: one contractor-day against the contractor's own history, in many dimensions.
+
+Each signal is a departure from the contractor's own baseline of the last `history_days`
+(projects, weekdays, hours of day, addresses, refusals, page size, reads, reads left
+unannotated), with a *surprise* in nats: -ln of the estimated probability of what was
+seen, given the history. A first access to a project after 14 days on one project is
+-ln((0 + 0.5) / (14 + 1)) = 3.4 nats; nine refusals in a day where 0.2 a day is usual is
+-ln P(Poisson(0.2) >= 9) = 19 nats. Probabilities are smoothed (add one half), so a short
+history is never certain of anything.
+
+Context lowers a surprise when the departure has an ordinary explanation the gateway can
+see: a policy grant of the project shortly before (a reassignment), the whole team doing
+the same that day (a schedule change, a client update, a deadline), days off just before
+(catching up). The explanation says so.
+
+`combined.py` adds the signals of a day (and carries the last days' with decay) into one
+score.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.anomaly.data import PROBE_KINDS, Series
+from gateway.anomaly.detectors.common import (
+    MAD_SCALE,
+    Context,
+    Peers,
+    day_text,
+    median_mad,
+    num,
+    weekend,
+)
+
+# A first-time departure is judged against this many past occurrences at least.
+MIN_WEEKDAY_OCCURRENCES = 2
+# What a context that explains a departure leaves of its surprise.
+EXPLAINED = 0.15
+# Pseudo-days of the team's rate in a contractor's own refusal rate.
+PRIOR_DAYS = 5
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+@dataclass
+class Signal:
+    """One departure of one contractor-day from the contractor's own baseline."""
+
+    name: str
+    day: int
+    surprise: float  # nats, after context
+    weight: float
+    text: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    kinds: tuple[str, ...] = ("read",)
+
+    def points(self, cap: float) -> float:
+        return self.weight * min(self.surprise, cap)
+
+    def as_dict(self, cap: float) -> dict[str, Any]:
+        return {
+            "signal": self.name,
+            "day": day_text(self.day),
+            "surprise": round(self.surprise, 2),
+            "weight": self.weight,
+            "points": round(self.points(cap), 2),
+            "explanation": self.text,
+            **{key: value for key, value in self.numbers.items() if key not in ("signal",)},
+        }
+
+
+@dataclass
+class DayFacts:
+    """What one contractor did on one UTC day, as the signals read it."""
+
+    reads: int = 0
+    read_requests: int = 0
+    annotations: int = 0
+    active: bool = False
+    projects: dict[str | None, int] = field(default_factory=dict)
+    annotated_projects: set[str | None] = field(default_factory=set)
+    addresses: dict[str | None, float] = field(default_factory=dict)  # requests
+    hours_of_day: dict[int, int] = field(default_factory=dict)  # hour of day -> reads
+    refused: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    refused_hours: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    pages: list[float] = field(default_factory=list)
+
+    @property
+    def project(self) -> str | None:
+        if not self.projects:
+            return None
+        return max(self.projects.items(), key=lambda item: (item[1], item[0] or ""))[0]
+
+    @property
+    def page(self) -> float:
+        return statistics.median(self.pages) if self.pages else 0.0
+
+
+def day_facts(series: Series) -> dict[int, DayFacts]:
+    facts: dict[int, DayFacts] = {}
+    for hour in sorted(series.hours):
+        stats = series.hours[hour]
+        day = facts.setdefault(hour // 24, DayFacts())
+        day.reads += stats.reads
+        day.read_requests += stats.read_requests
+        day.annotations += stats.annotations
+        if stats.active:
+            day.active = True
+            day.hours_of_day[hour % 24] = day.hours_of_day.get(hour % 24, 0) + stats.reads
+        for project, count in stats.projects.items():
+            day.projects[project] = day.projects.get(project, 0) + count
+        if stats.annotations and stats.project is not None:
+            day.annotated_projects.add(stats.project)
+        for address, (_, _, requests) in stats.ips.items():
+            day.addresses[address] = day.addresses.get(address, 0.0) + requests
+        for target, requests in stats.refused.items():
+            day.refused[target] = day.refused.get(target, 0) + requests
+            day.refused_hours[target] = day.refused_hours.get(target, 0) + 1
+        if stats.page > 1:
+            day.pages.append(stats.page)
+    return facts
+
+
+@dataclass
+class History:
+    """The contractor's own active days before the scored day, within `history_days`."""
+
+    days: list[int]
+    facts: dict[int, DayFacts]
+    enrolled_from: int  # the contractor's first active day in the data
+    history_days: int
+
+    @property
+    def n(self) -> int:
+        return len(self.days)
+
+    def median_reads(self) -> float:
+        return statistics.median(self.facts[d].reads for d in self.days) if self.days else 0.0
+
+
+def history(facts: dict[int, DayFacts], day: int, history_days: int) -> History:
+    active = sorted(d for d, f in facts.items() if f.active)
+    window = [d for d in active if day - history_days <= d < day]
+    return History(window, facts, active[0] if active else day, history_days)
+
+
+# --- policy context ----------------------------------------------------------------------
+
+
+class Grants:
+    """Policy grants by subject, to ask: was this project granted to them just before?"""
+
+    def __init__(self, grants: list[Any]) -> None:
+        self.by_subject: dict[str, list[tuple[float, str]]] = {}
+        self.roles: list[tuple[float, str]] = []
+        for grant in grants:
+            if grant.subject.startswith("role:"):
+                # Role membership is not resolved here: a role grant counts for everyone.
+                self.roles.append((grant.ts, grant.project))
+            else:
+                self.by_subject.setdefault(grant.subject, []).append((grant.ts, grant.project))
+
+    def recent(
+        self, key: str, vendor: str | None, project: str | None, start: float, end: float
+    ) -> float | None:
+        """When `project` was last granted to the contractor, their vendor or a role in
+        [start, end); None when it was not."""
+        times = [
+            ts
+            for subject in (key, f"vendor:{vendor}")
+            for ts, granted in self.by_subject.get(subject, [])
+            if granted == project and start <= ts < end
+        ]
+        times += [ts for ts, granted in self.roles if granted == project and start <= ts < end]
+        return max(times) if times else None
+
+    def any_recent(self, key: str, vendor: str | None, start: float, end: float) -> bool:
+        return any(
+            start <= ts < end
+            for subject in (key, f"vendor:{vendor}")
+            for ts, _ in self.by_subject.get(subject, [])
+        ) or any(start <= ts < end for ts, _ in self.roles)
+
+
+def read_grants(ctx: Context) -> list[Any]:
+    """The grants any signal of the scan can ask about: those of the look-back too."""
+    start = (ctx.since_hour - 24 * (ctx.config.history_days + 8)) * 3600
+    return ctx.source.policy_grants(float(start), float(ctx.end_hour * 3600))
+
+
+def grants_for(ctx: Context) -> Grants:
+    """The scan's grants, read once per scan."""
+    cached = ctx.cache.get("grants")
+    if cached is None:
+        cached = ctx.cache["grants"] = Grants(read_grants(ctx))
+    return cached
+
+
+# --- everyone ----------------------------------------------------------------------------
+
+
+def weekday_novelty(ctx: Context, day: int) -> tuple[int, int]:
+    """Over every vendor's contractors in the history window before `day`: (days worked on a
+    weekday the contractor had not worked in at least two chances before, such days). The
+    base rate of working a new weekday, from the daily reads of everyone."""
+    cache = ctx.cache.setdefault("weekday_novelty", {})
+    cached = cache.get(day)
+    if cached is not None:
+        return cached
+    active = ctx.cache.get("active_days")
+    if active is None:
+        active = ctx.cache["active_days"] = {}
+        for (d, _), entries in ctx.cache.get("project_days", {}).items():
+            for key, reads in entries:
+                if reads:
+                    active.setdefault(key, set()).add(d)
+    history_days = ctx.config.history_days
+    odd = chances = 0
+    for days in active.values():
+        first = min(days)
+        for d in range(max(day - history_days, first), day):
+            same = range(d - 7, max(d - history_days, first) - 1, -7)
+            if len(same) < MIN_WEEKDAY_OCCURRENCES or any(x in days for x in same):
+                continue
+            chances += 1
+            odd += d in days
+    cache[day] = (odd, chances)
+    return cache[day]
+
+
+# --- the team ----------------------------------------------------------------------------
+
+
+class Team:
+    """Per day, how each contractor of the vendor departed from their own history: to see
+    when a whole team does the same (a schedule change, a client update)."""
+
+    def __init__(self, peers: Peers, history_days: int) -> None:
+        self.peers = peers
+        self.facts = {key: day_facts(s) for key, s in peers.series.items() if s.who.subject}
+        self.history_days = history_days
+        self._days: dict[int, list[tuple[str, str | None, bool, float | None]]] = {}
+        self._rates: dict[int, float] = {}
+        self._novelty: dict[int, tuple[int, int]] = {}
+
+    def refusal_rate(self, day: int) -> float:
+        """Refused places per active contractor-day over the team's last two weeks."""
+        cached = self._rates.get(day)
+        if cached is None:
+            places = active = 0
+            for facts in self.facts.values():
+                for d in range(day - 14, day):
+                    f = facts.get(d)
+                    if f is not None and f.active:
+                        active += 1
+                        places += len(f.refused)
+            cached = self._rates[day] = (places + 1) / (active + 5)
+        return cached
+
+    def novelty(self, day: int) -> tuple[int, int]:
+        """Over the team's history window: (days a member read a project they had not read
+        before, active days): the base rate of starting on a project here."""
+        cached = self._novelty.get(day)
+        if cached is None:
+            novel = active = 0
+            for facts in self.facts.values():
+                for d in range(day - self.history_days, day):
+                    f = facts.get(d)
+                    if f is None or not f.active:
+                        continue
+                    past = history(facts, d, self.history_days)
+                    if past.n < MIN_WEEKDAY_OCCURRENCES:
+                        continue
+                    active += 1
+                    seen = {p for x in past.days for p in past.facts[x].projects}
+                    novel += bool(set(f.projects) - seen)
+            cached = self._novelty[day] = (novel, active)
+        return cached
+
+    def on(self, day: int) -> list[tuple[str, str | None, bool, float | None]]:
+        """[(key, main project, weekday never worked before, page ratio)] of that day."""
+        cached = self._days.get(day)
+        if cached is None:
+            cached = []
+            for key, facts in self.facts.items():
+                today = facts.get(day)
+                if today is None or not today.active:
+                    continue
+                past = history(facts, day, self.history_days)
+                odd = _weekday_counts(past, day)
+                ratio = _page_ratio(past, today)
+                cached.append((key, today.project, odd is not None and odd[0] == 0, ratio))
+            self._days[day] = cached
+        return cached
+
+
+def team_for(peers: Peers, ctx: Context) -> Team:
+    team = peers.cache.get("team")
+    if team is None:
+        team = peers.cache["team"] = Team(peers, ctx.config.history_days)
+    return team
+
+
+def _teammates(team: Team, key: str, project: str | None, day: int) -> list[tuple[Any, ...]]:
+    return [entry for entry in team.on(day) if entry[0] != key and entry[1] == project]
+
+
+# --- the signals -------------------------------------------------------------------------
+
+
+def _weekday_counts(past: History, day: int) -> tuple[int, int] | None:
+    """(days worked, occurrences) of the scored day's weekday within the history window,
+    since the contractor's first active day; None with too few occurrences."""
+    first = max(day - past.history_days, past.enrolled_from)
+    same = range(day - 7, first - 1, -7)
+    if len(same) < MIN_WEEKDAY_OCCURRENCES:
+        return None
+    worked = sum(1 for d in same if d in past.facts and past.facts[d].active)
+    return worked, len(same)
+
+
+def _page_ratio(past: History, today: DayFacts) -> float | None:
+    pages = [past.facts[d].page for d in past.days if past.facts[d].page > 0]
+    if len(pages) < 3 or today.page <= 0:
+        return None
+    return today.page / statistics.median(pages)
+
+
+def _poisson_tail(k: float, rate: float) -> float:
+    """P(X >= k) for X ~ Poisson(rate)."""
+    whole = math.ceil(k)
+    if whole <= 0:
+        return 1.0
+    term = math.exp(-rate)
+    below = term
+    for i in range(1, whole):
+        term *= rate / i
+        below += term
+    return max(1.0 - below, 1e-300) if below < 1 - 1e-12 else _tail_direct(whole, rate)
+
+
+def _tail_direct(k: int, rate: float) -> float:
+    # When 1 - below underflows: sum the tail's terms instead.
+    term = math.exp(-rate + k * math.log(rate) - math.lgamma(k + 1)) if rate > 0 else 0.0
+    total = 0.0
+    i = k
+    while term > 1e-300 and i < k + 1000:
+        total += term
+        i += 1
+        term *= rate / i
+    return max(total, 1e-300)
+
+
+def contractor_signals(
+    series: Series, facts: dict[int, DayFacts], day: int, peers: Peers, ctx: Context
+) -> list[Signal]:
+    """Every weak signal of one contractor-day (empty without enough history)."""
+    today = facts.get(day)
+    if today is None:
+        return []
+    c = ctx.config
+    past = history(facts, day, c.history_days)
+    signals: list[Signal] = []
+    refusal = _refusals(series, today, past, day, peers, ctx)
+    if refusal is not None:
+        signals.append(refusal)
+    if not today.active or past.n < c.min_history_days:
+        return signals
+    team = team_for(peers, ctx)
+    for make in (
+        _new_project,
+        _weekday,
+        _page_size,
+        _volume,
+        _unannotated,
+        _hours,
+        _addresses,
+    ):
+        signal = make(series, today, past, day, ctx, team)
+        if signal is not None:
+            signals.append(signal)
+    return signals
+
+
+def _new_project(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    seen: set[str | None] = set()
+    novel_days = 0
+    for d in past.days:
+        projects = set(past.facts[d].projects)
+        if seen and projects - seen:
+            novel_days += 1
+        seen |= projects
+    team_novel, team_active = team.novelty(day)
+    best: Signal | None = None
+    for project, reads in today.projects.items():
+        if project in seen or not today.reads:
+            continue
+        share = reads / today.reads
+        if share < 0.1:
+            continue
+        # Own history and the team's: how often anyone here starts on a project.
+        probability = (novel_days + team_novel + 0.5) / (past.n + team_active + 1)
+        surprise = -math.log(probability) * min(1.0, share / 0.3)
+        who = series.who
+        day_start, day_end = day * 86400.0, (day + 1) * 86400.0
+        granted = grants_for(ctx).recent(
+            who.key,
+            who.vendor,
+            project,
+            day_start - ctx.config.grant_recent_days * 86400,
+            day_end,
+        )
+        text = (
+            f"first reads of project {project} in {past.n} active days: {num(reads)} of "
+            f"{num(today.reads)} records that day ({share:.0%})"
+        )
+        if granted is not None:
+            surprise *= EXPLAINED
+            text += f", granted by a policy change at {_clock(granted)}"
+        else:
+            text += f", no grant of it in the {ctx.config.grant_recent_days} days before"
+            mates = _teammates(team, who.key, project, day)
+            if len(mates) >= 2:
+                surprise *= EXPLAINED
+                text += f"; {len(mates)} teammates read it that day too"
+        signal = Signal(
+            "new_project",
+            day,
+            surprise,
+            1.0,
+            text,
+            {"project": project, "records": reads, "share": round(share, 3), "granted": granted},
+        )
+        if best is None or signal.surprise > best.surprise:
+            best = signal
+    return best
+
+
+def _weekday(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    counts = _weekday_counts(past, day)
+    if counts is None or counts[0] > 0:
+        return None
+    worked, occurrences = counts
+    name = WEEKDAYS[(day + 3) % 7]
+    usual = past.median_reads()
+    volume = min(1.0, today.reads / usual) if usual else 0.0
+    odd, chances = weekday_novelty(ctx, day)
+    surprise = -math.log((odd + 0.5) / (chances + 1)) * volume
+    text = (
+        f"works a {name} ({num(today.reads)} records), in {worked} of the last "
+        f"{occurrences} {name}s before; all contractors worked {odd} of {chances} such days "
+        f"in the {ctx.config.history_days} days before"
+    )
+    mates = _teammates(team, series.who.key, today.project, day)
+    odd = [m for m in mates if m[2]]
+    if len(odd) >= 2 and len(odd) * 2 >= len(mates):
+        surprise *= EXPLAINED
+        text += f"; so do {len(odd)} of {len(mates)} teammates (a schedule change)"
+    return Signal("unusual_weekday", day, surprise, 1.0, text, {"weekday": name})
+
+
+def _page_size(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    pages = [past.facts[d].page for d in past.days if past.facts[d].page > 0]
+    if len(pages) < 3 or today.page <= 0:
+        return None
+    middle, spread = median_mad([math.log(p) for p in pages])
+    rise = math.log(today.page) - middle
+    if rise < math.log(1.2):
+        return None
+    z = rise / max(MAD_SCALE * spread, 0.1)
+    surprise = z * z / 2
+    ratio = math.exp(rise)
+    text = (
+        f"{today.page:.1f} records per list request, {ratio:.2f}x the usual "
+        f"{math.exp(middle):.1f} of {len(pages)} past days"
+    )
+    mates = [m for m in _teammates(team, series.who.key, today.project, day) if m[3] is not None]
+    risen = [m for m in mates if m[3] >= 1 + (ratio - 1) / 2]
+    if len(risen) >= 2 and len(risen) * 2 >= len(mates):
+        surprise *= EXPLAINED
+        text += f"; {len(risen)} of {len(mates)} teammates' pages grew too (a client change)"
+    return Signal(
+        "page_size", day, surprise, 1.0, text, {"ratio": round(ratio, 3), "z": round(z, 2)}
+    )
+
+
+def _volume(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    """Reads above the own level, both taken relative to the peers of the day (so that a
+    team's deadline or ramp-up moves the baseline, not the signal)."""
+    peers = team.peers
+
+    def level(d: int, f: DayFacts) -> float | None:
+        baseline = peers.day_baseline(series.who.key, f.project, d)
+        return None if baseline is None else math.log((f.reads + 10) / (baseline[0] + 10))
+
+    now = level(day, today)
+    values = [v for d in past.days if (v := level(d, past.facts[d])) is not None]
+    if now is None or len(values) < ctx.config.min_history_days:
+        return None
+    middle, spread = median_mad(values)
+    z = (now - middle) / max(MAD_SCALE * spread, 0.15)
+    if z < 2:
+        return None
+    ratio = math.exp(now - middle)
+    text = (
+        f"{num(today.reads)} records, {ratio:.2f}x the own level against the peers "
+        f"(z {z:.1f} over {len(values)} days)"
+    )
+    surprise = z * z / 2
+    off = [d for d in range(day - 4, day) if not weekend(d) and d not in past.days]
+    if len(off) >= 2 and past.enrolled_from < day - 4:
+        surprise *= EXPLAINED
+        text += f"; catching up after {len(off)} working days off"
+    return Signal("volume", day, surprise, 0.5, text, {"ratio": round(ratio, 3), "z": round(z, 2)})
+
+
+def _unannotated(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    """Records fetched and not worked on: read requests per annotation above the own level."""
+    annotated = [d for d in past.days if past.facts[d].annotations]
+    if len(annotated) < ctx.config.min_history_days or not today.read_requests:
+        return None
+    values = [
+        math.log((past.facts[d].read_requests + 1) / (past.facts[d].annotations + 1))
+        for d in past.days
+    ]
+    middle, spread = median_mad(values)
+    now = math.log((today.read_requests + 1) / (today.annotations + 1))
+    z = (now - middle) / max(MAD_SCALE * spread, 0.1)
+    if z < 2:
+        return None
+    off = [p for p in today.projects if p not in today.annotated_projects]
+    text = (
+        f"{num(today.read_requests)} read requests for {num(today.annotations)} annotations, "
+        f"{math.exp(now - middle):.2f}x the own ratio (z {z:.1f})"
+    )
+    if off:
+        text += f"; nothing annotated on {', '.join(str(p) for p in sorted(off, key=str))}"
+    return Signal("unannotated", day, z * z / 2, 0.5, text, {"z": round(z, 2)})
+
+
+def _hours(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    usual: set[int] = set()
+    for d in past.days:
+        for hour in past.facts[d].hours_of_day:
+            usual |= {(hour - 1) % 24, hour, (hour + 1) % 24}
+    outside = sum(r for h, r in today.hours_of_day.items() if h not in usual)
+    if not today.reads or outside / today.reads < 0.25:
+        return None
+    share = outside / today.reads
+    surprise = share * math.log(past.n + 1)
+    text = f"{share:.0%} of the day's records in hours of day never worked in {past.n} days"
+    return Signal("unusual_hours", day, surprise, 0.5, text, {"share": round(share, 3)})
+
+
+def _addresses(
+    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+) -> Signal | None:
+    seen: set[str | None] = set()
+    for d in past.days:
+        seen |= set(past.facts[d].addresses)
+    total = sum(today.addresses.values())
+    new = {a: n for a, n in today.addresses.items() if a not in seen}
+    if not total or not new or sum(new.values()) / total < 0.25:
+        return None
+    share = sum(new.values()) / total
+    text = f"{share:.0%} of the day's requests from {len(new)} address(es) unseen in {past.n} days"
+    return Signal(
+        "new_address",
+        day,
+        share * math.log(past.n + 1),
+        0.3,
+        text,
+        {"addresses": sorted(str(a) for a in new)[:5]},
+    )
+
+
+def _refusals(
+    series: Series, today: DayFacts, past: History, day: int, peers: Peers, ctx: Context
+) -> Signal | None:
+    """Refused requests, counted by place (a retrying client is one place), weighed down on
+    projects the contractor worked on (stale links after a move)."""
+    if not today.refused:
+        return None
+    worked: set[str | None] = set()
+    for d in past.days:
+        worked |= set(past.facts[d].projects)
+
+    def places(f: DayFacts) -> float:
+        total = 0.0
+        for target, hours in f.refused_hours.items():
+            weight = 0.3 if target[0] in worked else 1.0
+            total += weight * (1 + 0.25 * (hours - 1))
+        return total
+
+    count = places(today)
+    if count < 2:
+        return None
+    # The own rate, pulled towards the team's (five days' worth): a short quiet history
+    # is not proof that refusals never happen.
+    team = team_for(peers, ctx)
+    prior = team.refusal_rate(day)
+    rate = (sum(places(past.facts[d]) for d in past.days) + PRIOR_DAYS * prior) / (
+        past.n + PRIOR_DAYS
+    )
+    surprise = -math.log(_poisson_tail(math.floor(count), rate))
+    requests = sum(today.refused.values())
+    text = (
+        f"{requests} refused requests at {len(today.refused)} places on {day_text(day)} "
+        f"(weighted {count:.1f}), against {rate:.2f} a day over {past.n} past days"
+    )
+    who = series.who
+    if grants_for(ctx).any_recent(
+        who.key, who.vendor, (day - ctx.config.grant_recent_days) * 86400.0, (day + 1) * 86400.0
+    ):
+        surprise *= 0.5
+        text += "; a policy change for them in the days before"
+    return Signal(
+        "refusals",
+        day,
+        surprise,
+        1.0,
+        text,
+        {"requests": requests, "places": len(today.refused), "rate": round(rate, 3)},
+        tuple(sorted(PROBE_KINDS)),
+    )
+
+
+def _clock(ts: float) -> str:
+    from gateway.anomaly.detectors.common import iso
+
+    return iso(ts)
