@@ -257,6 +257,36 @@ def test_auditor_triages_an_alert_and_an_admin_escalates_it(page: Page, console:
     console.cli("unlock", str(locks[0].id), "--reason", "test over")
 
 
+def test_a_combined_alert_shows_its_signals_and_a_vendor_alert_locks_only_the_vendor(
+    page: Page, console: Gateway
+) -> None:
+    # Findings as the detectors raise them on the weak-signal scenarios, stored as a scan does.
+    from gateway.anomaly.store import upsert_findings
+    from tests.test_anomaly_signals import ATTACK_DAY, SCORED_FROM, TEAM, _trickle, run, team
+
+    people = team()
+    people[1].extra[ATTACK_DAY] = [_trickle(9, spread=True)]
+    for person in people[1:TEAM]:
+        person.volume = dict.fromkeys(range(SCORED_FROM, 28), 1.3)
+    findings = run(people)
+    kinds = {f.detector for f in findings}
+    assert {"combined", "vendor_rise"} <= kinds, findings
+    upsert_findings(console.db.engine, findings)
+    sign_in(page, console, "audrey", CONSOLE + "/alerts?detector=combined")
+    page.click("[data-testid=alert-row] a")
+    signals = page.get_by_test_id("alert-signals")
+    expect(signals).to_contain_text("refusals")
+    expect(signals).to_contain_text("refused requests at 9 places")
+    screenshot(page, "alert-signals")
+    page.click("text=Sign out")
+    sign_in(page, console, "ann", CONSOLE + "/alerts?detector=vendor_rise")
+    page.click("[data-testid=alert-row] a")
+    expect(page.get_by_test_id("alert-vendor-days")).to_contain_text("CUSUM")
+    options = page.locator("select[name=kind] option")
+    expect(options).to_have_count(1)
+    expect(options).to_have_attribute("value", "vendor")
+
+
 def test_grant_with_preview_then_explain_then_history(page: Page, console: Gateway) -> None:
     sign_in(page, console, "ann", CONSOLE + "/access")
     before = int(page.get_by_test_id("policy-version").inner_text())

@@ -43,6 +43,7 @@ def generator(name: str) -> Callable[..., Simulation]:
         return generate
     raise ValueError(f"unknown scenario generator {name!r}; use one of {', '.join(GENERATORS)}")
 
+
 GRACE = 24 * 3600
 # Seeds the thresholds were tuned on; evaluation figures come from other seeds.
 TUNING_SEEDS = tuple(range(1, 11))

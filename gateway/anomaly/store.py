@@ -352,11 +352,12 @@ def escalate_alert(
         row = connection.execute(select(AnomalyAlert).where(AnomalyAlert.id == alert_id)).one()
     if kind == "contractor":
         if row.subject is None or row.issuer is None:
-            raise AlertError(
-                "kind",
-                f"{row.contractor} is an address, not a contractor: no lock can name it",
-                409,
+            what = (
+                "a vendor: lock the vendor (kind vendor)"
+                if row.contractor.startswith("vendor:")
+                else "an address, not a contractor: no lock can name it"
             )
+            raise AlertError("kind", f"{row.contractor} is {what}", 409)
         target = f"{row.issuer}:{row.subject}"
     else:
         if row.vendor is None:

@@ -11,6 +11,7 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import sys
@@ -127,6 +128,26 @@ def print_alert(alert: dict[str, Any]) -> None:
     click.echo(f"  detected:   {alert['detected_at']}")
     click.echo(f"  why:        {alert['explanation']}")
     evidence = alert["evidence"]
+    if evidence.get("signals"):
+        click.echo("  signals:    (points = weight x surprise in nats, capped)")
+        for item in evidence["signals"]:
+            click.echo(
+                f"    {item['day']}  {item['signal']:<16} {item['points']:>5.1f}  "
+                f"{item['explanation']}"
+            )
+    if evidence.get("days"):
+        click.echo("  days:       (z of the vendor's rise against other vendors; CUSUM)")
+        for day in evidence["days"]:
+            click.echo(
+                f"    {day['day']}  z {day['z']:>5.1f}  CUSUM {day['cusum']:>5.1f}  "
+                f"{day['contractors']} contractors, mean x{math.exp(day['mean_change']):.2f} "
+                f"(others x{math.exp(day['others_mean_change']):.2f})"
+            )
+    if evidence.get("contractors"):
+        rising = ", ".join(
+            f"{c['contractor']} x{c['ratio']:.2f}" for c in evidence["contractors"][:10]
+        )
+        click.echo(f"  rising:     {rising}")
     if evidence.get("rows"):
         click.echo(f"  rows:       {', '.join(map(str, evidence['rows']))}")
     if evidence.get("request_ids"):

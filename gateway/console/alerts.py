@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
-from gateway.anomaly.config import SEVERITIES
+from gateway.anomaly.config import DETECTORS, SEVERITIES
 from gateway.anomaly.store import (
     STATUSES,
     AlertError,
@@ -47,10 +47,12 @@ def register(blueprint: Blueprint) -> None:
 def alerts_page() -> Any:
     status = request.args.get("status", "open")
     severity = request.args.get("severity") or None
+    detector = request.args.get("detector") or None
     before = request.args.get("before", "")
     wanted = AlertFilter(
         status=[status] if status in STATUSES else None,
         severity=severity if severity in SEVERITIES else None,
+        detector=[detector] if detector in DETECTORS else None,
     )
     before_id = int(before) if before.isdigit() and 0 < int(before) < 2**31 else None
     alerts = list_alerts(_services().db, wanted, limit=PAGE, before_id=before_id)
@@ -60,8 +62,10 @@ def alerts_page() -> Any:
         alerts=alerts,
         status=status,
         severity=severity,
+        detector=detector if detector in DETECTORS else None,
         statuses=STATUSES,
         severities=SEVERITIES,
+        detectors=DETECTORS,
         next_before=next_before,
     )
 

@@ -37,6 +37,8 @@ from gateway.anomaly.detectors.signals import (
     history,
 )
 
+# The key of a vendor's own findings (never a contractor's: those are <issuer>:<sub>).
+VENDOR_PREFIX = "vendor:"
 SEVERITY_POINTS = {"low": 3.0, "medium": 6.0, "high": 10.0, "critical": 12.0}
 MAX_LISTED_DAYS = 7
 
@@ -189,7 +191,7 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
         rising = sorted(own, key=lambda item: -item[2])
         up = [item for item in rising if item[2] > 0]
         end = min((day + 1) * 86400.0, ctx.end_hour * 3600.0)
-        who = Who(f"vendor:{vendor}", None, None, vendor)
+        who = Who(f"{VENDOR_PREFIX}{vendor}", None, None, vendor)
         found.append(
             Finding(
                 "vendor_rise",

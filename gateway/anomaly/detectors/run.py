@@ -22,7 +22,7 @@ from gateway.anomaly.detectors.behaviour import (
     off_hours,
     probing,
 )
-from gateway.anomaly.detectors.combined import combined, vendor_rise
+from gateway.anomaly.detectors.combined import VENDOR_PREFIX, combined, vendor_rise
 from gateway.anomaly.detectors.common import (
     EPISODE_DAYS,
     EVIDENCE_ROWS,
@@ -158,6 +158,8 @@ def attach_evidence(source: LogSource, findings: Iterable[Finding]) -> None:
         }
         if who.subject is not None:
             query["contractor"] = who.key
+        elif who.key.startswith(VENDOR_PREFIX):
+            query["vendor"] = who.vendor or ""
         else:
             query["client_ip"] = who.client_ip or ""
         evidence["query"] = query
