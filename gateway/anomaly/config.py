@@ -172,7 +172,7 @@ class AnomalyConfig(Section):
     """Contractors with history (of the vendor, and of the other vendors on its projects)
     needed to score a vendor's day.
     """
-    vendor_cusum_slack: NonNegativeFloat = 0.5
+    vendor_cusum_slack: NonNegativeFloat = 0.25
     vendor_cusum_threshold: PositiveFloat = 6.0
     """CUSUM of the vendor's daily z (its contractors' rise against other vendors') that
     raises a `vendor_rise` alert.

@@ -11,7 +11,6 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import signal
 import sys
@@ -136,16 +135,19 @@ def print_alert(alert: dict[str, Any]) -> None:
                 f"{item['explanation']}"
             )
     if evidence.get("days"):
-        click.echo("  days:       (z of the vendor's rise against other vendors; CUSUM)")
+        click.echo(
+            "  days:       (the vendor's contractors' rise against their own day-to-day "
+            "spread, less other vendors'; z and CUSUM)"
+        )
         for day in evidence["days"]:
             click.echo(
                 f"    {day['day']}  z {day['z']:>5.1f}  CUSUM {day['cusum']:>5.1f}  "
-                f"{day['contractors']} contractors, mean x{math.exp(day['mean_change']):.2f} "
-                f"(others x{math.exp(day['others_mean_change']):.2f})"
+                f"{day['contractors']} contractors, mean {day['mean_change']:+.2f} spreads "
+                f"(others {day['others_mean_change']:+.2f})"
             )
     if evidence.get("contractors"):
         rising = ", ".join(
-            f"{c['contractor']} x{c['ratio']:.2f}" for c in evidence["contractors"][:10]
+            f"{c['contractor']} {c['spreads']:+.1f}" for c in evidence["contractors"][:10]
         )
         click.echo(f"  rising:     {rising}")
     if evidence.get("rows"):

@@ -28,7 +28,15 @@ import statistics
 from typing import Any
 
 from gateway.anomaly.data import Series, Who
-from gateway.anomaly.detectors.common import Context, Finding, Peers, day_text, num
+from gateway.anomaly.detectors.common import (
+    MAD_SCALE,
+    Context,
+    Finding,
+    Peers,
+    day_text,
+    median_mad,
+    num,
+)
 from gateway.anomaly.detectors.signals import (
     DayFacts,
     Signal,
@@ -156,16 +164,24 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
     cusum = 0.0
     episode: int | None = None
     history_days: list[dict[str, Any]] = []
+    staffed: list[int] = []  # the vendor's contractors with history, day by day
     for day in range(first_day - 7, last_day + 1):
         own = _own_changes(facts, day, c.history_days, c.min_history_days)
         projects = {project for _, project, _ in own}
-        others = [
-            change
-            for key, project, change in across.get(day, [])
-            if key not in members and project in projects
-        ]
-        if len(own) < c.vendor_min_contractors or len(others) < c.vendor_min_contractors:
-            cusum, episode = 0.0, None
+        outside = [(p, change) for key, p, change in across.get(day, []) if key not in members]
+        others = [change for p, change in outside if p in projects]
+        if len(others) < c.vendor_min_contractors:
+            # Nobody else works on its projects: every other vendor is the baseline.
+            others = [change for _, change in outside]
+        staffed.append(len(own))
+        usual = statistics.median(staffed[-14:])
+        if (
+            len(own) < c.vendor_min_contractors
+            or len(others) < c.vendor_min_contractors
+            or len(own) < usual / 2
+        ):
+            # A day the vendor mostly rests (a weekend, a holiday) is not scored; the
+            # running sum carries over it.
             continue
         mine = [change for _, _, change in own]
         z = _difference_z(mine, others)
@@ -202,16 +218,16 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
                 end,
                 cusum,
                 f"vendor {vendor}: {len(up)} of {len(own)} contractors read more than their "
-                f"own usual on {day_text(day)} (mean {math.exp(statistics.fmean(mine)):.2f}x, "
-                f"other vendors on the same projects {math.exp(statistics.fmean(others)):.2f}x;"
-                f" z {z:.1f}); the rise has lasted: CUSUM {cusum:.1f} (alerts at "
-                f"{num(c.vendor_cusum_threshold)})",
+                f"own usual on {day_text(day)} (by {statistics.fmean(mine):+.2f} of their own "
+                f"day-to-day spread on average; other vendors on the same projects "
+                f"{statistics.fmean(others):+.2f}; z {z:.1f}); the rise has lasted: CUSUM "
+                f"{cusum:.1f} (alerts at {num(c.vendor_cusum_threshold)})",
                 f"vendor_rise:{vendor}:{day_text(episode)}",
                 None,
                 {
                     "days": list(history_days),
                     "contractors": [
-                        {"contractor": key, "project": project, "ratio": round(math.exp(ch), 3)}
+                        {"contractor": key, "project": project, "spreads": round(ch, 2)}
                         for key, project, ch in up[:20]
                     ],
                     # A vendor has no rows of its own: the evidence names its contractors.
@@ -226,7 +242,7 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
 def _own_changes(
     facts: dict[str, dict[int, DayFacts]], day: int, history_days: int, min_days: int
 ) -> list[tuple[str, str | None, float]]:
-    """(contractor, main project, log of reads against their own median) of the day."""
+    """(contractor, main project, reads against their own usual) of the day."""
     out = []
     for key, days in facts.items():
         today = days.get(day)
@@ -235,8 +251,19 @@ def _own_changes(
         past = history(days, day, history_days)
         if past.n < min_days:
             continue
-        out.append((key, today.project, math.log((today.reads + 10) / (past.median_reads() + 10))))
+        out.append(
+            (key, today.project, _standard_change(today.reads, [days[d].reads for d in past.days]))
+        )
     return out
+
+
+def _standard_change(reads: int, past: list[int]) -> float:
+    """Today's log reads against the own median, in units of the own day-to-day spread
+    (robust, floored): a steady contractor's small rise counts as much as a volatile
+    one's large rise."""
+    logs = [math.log(r + 10) for r in past]
+    middle, spread = median_mad(logs)
+    return (math.log(reads + 10) - middle) / max(MAD_SCALE * spread, 0.1)
 
 
 def _across_levels(ctx: Context) -> dict[int, list[tuple[str, str | None, float]]]:
@@ -262,8 +289,7 @@ def _across_levels(ctx: Context) -> dict[int, list[tuple[str, str | None, float]
             if len(past) < c.min_history_days:
                 continue
             project, reads = days[day]
-            change = math.log((reads + 10) / (statistics.median(past) + 10))
-            levels.setdefault(day, []).append((key, project, change))
+            levels.setdefault(day, []).append((key, project, _standard_change(reads, past)))
     ctx.cache["across_levels"] = levels
     return levels
 

@@ -4,8 +4,9 @@ Each signal is a departure from the contractor's own baseline of the last `histo
 (projects, weekdays, hours of day, addresses, refusals, page size, reads, reads left
 unannotated), with a *surprise* in nats: -ln of the estimated probability of what was
 seen, given the history. A first access to a project after 14 days on one project is
--ln((0 + 0.5) / (14 + 1)) = 3.4 nats; nine refusals in a day where 0.2 a day is usual is
--ln P(Poisson(0.2) >= 9) = 19 nats. Probabilities are smoothed (add one half), so a short
+-ln((0 + 0.5) / (14 + 1)) = 3.4 nats on the contractor's own days alone; refused requests at
+six places in a day where 0.1 a day is usual is -6 ln(0.1 / 1.1) = 14 nats (a geometric
+tail: refusals come in bursts). Probabilities are smoothed (add one half), so a short
 history is never certain of anything.
 
 Context lowers a surprise when the departure has an ordinary explanation the gateway can
@@ -19,6 +20,7 @@ score.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -39,8 +41,14 @@ from gateway.anomaly.detectors.common import (
 MIN_WEEKDAY_OCCURRENCES = 2
 # What a context that explains a departure leaves of its surprise.
 EXPLAINED = 0.15
-# Pseudo-days of the team's rate in a contractor's own refusal rate.
+# Pseudo-days of the team's rate in a contractor's own refusal rate, and its floor.
 PRIOR_DAYS = 5
+MIN_REFUSAL_RATE = 0.1
+# Hours with list pages needed on the scored day, and days with them in the history.
+MIN_PAGE_HOURS = 2
+# Days a project stays new after the first read of it.
+NEW_PROJECT_DAYS = 4
+MIN_PAGE_DAYS = 5
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -328,31 +336,6 @@ def _page_ratio(past: History, today: DayFacts) -> float | None:
     return today.page / statistics.median(pages)
 
 
-def _poisson_tail(k: float, rate: float) -> float:
-    """P(X >= k) for X ~ Poisson(rate)."""
-    whole = math.ceil(k)
-    if whole <= 0:
-        return 1.0
-    term = math.exp(-rate)
-    below = term
-    for i in range(1, whole):
-        term *= rate / i
-        below += term
-    return max(1.0 - below, 1e-300) if below < 1 - 1e-12 else _tail_direct(whole, rate)
-
-
-def _tail_direct(k: int, rate: float) -> float:
-    # When 1 - below underflows: sum the tail's terms instead.
-    term = math.exp(-rate + k * math.log(rate) - math.lgamma(k + 1)) if rate > 0 else 0.0
-    total = 0.0
-    i = k
-    while term > 1e-300 and i < k + 1000:
-        total += term
-        i += 1
-        term *= rate / i
-    return max(total, 1e-300)
-
-
 def contractor_signals(
     series: Series, facts: dict[int, DayFacts], day: int, peers: Peers, ctx: Context
 ) -> list[Signal]:
@@ -387,17 +370,24 @@ def contractor_signals(
 def _new_project(
     series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
-    seen: set[str | None] = set()
+    first_read: dict[str | None, int] = {}
     novel_days = 0
     for d in past.days:
         projects = set(past.facts[d].projects)
-        if seen and projects - seen:
+        if first_read and projects - set(first_read):
             novel_days += 1
-        seen |= projects
+        for project in projects:
+            first_read.setdefault(project, d)
     team_novel, team_active = team.novelty(day)
     best: Signal | None = None
     for project, reads in today.projects.items():
-        if project in seen or not today.reads:
+        if not today.reads:
+            continue
+        # A project stays new for a few days: a move of reads lasts, its first day alone
+        # may be a small share.
+        began = first_read.get(project, day)
+        before = sum(1 for d in past.days if d < began)
+        if began < day - NEW_PROJECT_DAYS or before < ctx.config.min_history_days:
             continue
         share = reads / today.reads
         if share < 0.1:
@@ -406,16 +396,17 @@ def _new_project(
         probability = (novel_days + team_novel + 0.5) / (past.n + team_active + 1)
         surprise = -math.log(probability) * min(1.0, share / 0.3)
         who = series.who
-        day_start, day_end = day * 86400.0, (day + 1) * 86400.0
+        # The grant that explains it came before (or on) the first day of reading it.
         granted = grants_for(ctx).recent(
             who.key,
             who.vendor,
             project,
-            day_start - ctx.config.grant_recent_days * 86400,
-            day_end,
+            (began - ctx.config.grant_recent_days) * 86400.0,
+            (began + 1) * 86400.0,
         )
+        since = "first" if began == day else f"since {day_text(began)}, the first"
         text = (
-            f"first reads of project {project} in {past.n} active days: {num(reads)} of "
+            f"reads of project {project} ({since} in {before} active days): {num(reads)} of "
             f"{num(today.reads)} records that day ({share:.0%})"
         )
         if granted is not None:
@@ -468,28 +459,40 @@ def _weekday(
 def _page_size(
     series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
-    pages = [past.facts[d].page for d in past.days if past.facts[d].page > 0]
-    if len(pages) < 3 or today.page <= 0:
+    """Larger list pages than the own history's: each of the day's hours with pages is
+    ranked among the history's hours (how many were at least as large), and the ranks are
+    combined by Fisher's method; a client with a fixed page size gets a tiny rank at once."""
+    earlier = sorted(p for d in past.days for p in past.facts[d].pages)
+    days_with = sum(1 for d in past.days if past.facts[d].pages)
+    if days_with < MIN_PAGE_DAYS or len(today.pages) < MIN_PAGE_HOURS:
         return None
-    middle, spread = median_mad([math.log(p) for p in pages])
-    rise = math.log(today.page) - middle
-    if rise < math.log(1.2):
+    usual = statistics.median(earlier)
+    ratio = today.page / usual
+    if ratio < 1.15:
         return None
-    z = rise / max(MAD_SCALE * spread, 0.1)
-    surprise = z * z / 2
-    ratio = math.exp(rise)
+    total = len(earlier)
+    fisher = -sum(
+        math.log((total - bisect.bisect_left(earlier, p - 1e-9) + 0.5) / (total + 1))
+        for p in today.pages
+    )
+    surprise = -_gamma_log_tail(len(today.pages), fisher)
     text = (
-        f"{today.page:.1f} records per list request, {ratio:.2f}x the usual "
-        f"{math.exp(middle):.1f} of {len(pages)} past days"
+        f"{today.page:.1f} records per list request in {len(today.pages)} hours, "
+        f"{ratio:.2f}x the usual {usual:.1f} of {total} hours over {days_with} past days"
     )
     mates = [m for m in _teammates(team, series.who.key, today.project, day) if m[3] is not None]
     risen = [m for m in mates if m[3] >= 1 + (ratio - 1) / 2]
     if len(risen) >= 2 and len(risen) * 2 >= len(mates):
         surprise *= EXPLAINED
         text += f"; {len(risen)} of {len(mates)} teammates' pages grew too (a client change)"
-    return Signal(
-        "page_size", day, surprise, 1.0, text, {"ratio": round(ratio, 3), "z": round(z, 2)}
-    )
+    return Signal("page_size", day, surprise, 1.0, text, {"ratio": round(ratio, 3)})
+
+
+def _gamma_log_tail(k: int, x: float) -> float:
+    """ln P(Gamma(k, 1) >= x): Fisher's combination of k ranks (as -ln of each)."""
+    terms = [i * math.log(x) - math.lgamma(i + 1) for i in range(k)] if x > 0 else [0.0]
+    top = max(terms)
+    return min(0.0, -x + top + math.log(sum(math.exp(t - top) for t in terms)))
 
 
 def _volume(
@@ -609,14 +612,17 @@ def _refusals(
     count = places(today)
     if count < 2:
         return None
-    # The own rate, pulled towards the team's (five days' worth): a short quiet history
-    # is not proof that refusals never happen.
+    # The own rate, pulled towards the team's (five days' worth), and never below one
+    # refused place in ten days: a short quiet history is no proof that refusals never
+    # happen. Refusals come in bursts (a stale bookmark, a wrong task): a geometric tail,
+    # heavier than Poisson's.
     team = team_for(peers, ctx)
     prior = team.refusal_rate(day)
     rate = (sum(places(past.facts[d]) for d in past.days) + PRIOR_DAYS * prior) / (
         past.n + PRIOR_DAYS
     )
-    surprise = -math.log(_poisson_tail(math.floor(count), rate))
+    rate = max(rate, MIN_REFUSAL_RATE)
+    surprise = -math.floor(count) * math.log(rate / (1 + rate))
     requests = sum(today.refused.values())
     text = (
         f"{requests} refused requests at {len(today.refused)} places on {day_text(day)} "
