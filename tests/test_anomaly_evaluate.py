@@ -18,7 +18,9 @@ def documented_small_figures() -> str:
     section = text[
         text.index("<!-- anomaly_eval:start -->") : text.index("<!-- anomaly_eval:end -->")
     ]
-    match = re.search(r"^figures: (seeds=101 contractors=60 .*)$", section, re.MULTILINE)
+    match = re.search(
+        r"^figures: (generator=simulator seeds=101 contractors=60 .*)$", section, re.MULTILINE
+    )
     assert match, "bench/RESULTS.md has no small-scale figures line"
     return match.group(1).strip()
 
