@@ -65,7 +65,7 @@ def simulate_command(
     end: str | None,
     as_json: bool,
 ) -> None:
-    """A seeded synthetic access log with labelled attacks (see gateway/anomaly/simulate.py)."""
+    """A seeded synthetic access log with labelled attacks (see gateway/anomaly/simulate/)."""
     from gateway.anomaly.simulate import (
         labels_document,
         simulate,
