@@ -20,9 +20,10 @@ from gateway.anomaly.config import (
     load_anomaly_config,
     parse_anomaly_table,
 )
-from gateway.anomaly.data import MemorySource, Request, classify
+from gateway.anomaly.data import Request, classify
 from gateway.anomaly.detectors import Finding, detect, median_without, sequence_stats, spearman
 from gateway.anomaly.locations import load_locations
+from gateway.anomaly.memory import MemorySource
 
 START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()  # a Monday
 DAYS = 19  # through the Friday of the third week

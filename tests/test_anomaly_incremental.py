@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from gateway.anomaly.config import AnomalyConfig
-from gateway.anomaly.data import MemorySource
 from gateway.anomaly.detectors import Finding, detect
 from gateway.anomaly.incremental import IncrementalDetector, window_start
+from gateway.anomaly.memory import MemorySource
 from gateway.anomaly.rollup import SqlSource
 from gateway.anomaly.scan import scan
 from gateway.anomaly.simulate import simulate, write_requests

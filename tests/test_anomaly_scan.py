@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from gateway.anomaly.config import AnomalyConfig
-from gateway.anomaly.data import MemorySource
 from gateway.anomaly.detectors import detect
+from gateway.anomaly.memory import MemorySource
 from gateway.anomaly.scan import scan
 from gateway.anomaly.simulate import write_requests
 from gateway.anomaly.store import AlertFilter, get_alert, list_alerts, update_alert

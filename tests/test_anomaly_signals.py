@@ -20,8 +20,9 @@ import pytest
 from sqlalchemy import Engine, update
 
 from gateway.anomaly.config import AnomalyConfig
-from gateway.anomaly.data import MemorySource, PolicyGrant, Request
+from gateway.anomaly.data import PolicyGrant, Request
 from gateway.anomaly.detectors import Finding, detect
+from gateway.anomaly.memory import MemorySource
 from gateway.anomaly.rollup import SqlSource, refresh_rollup
 from gateway.anomaly.simulate import write_requests
 from gateway.db.migrate import upgrade

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.anomaly.config import DETECTORS, AnomalyConfig
-from gateway.anomaly.data import MemorySource
 from gateway.anomaly.detectors import Finding, detect
+from gateway.anomaly.memory import MemorySource
 from gateway.anomaly.simulate import Simulation, simulate
 
 # The scenario generators: the project's own simulator, on which the thresholds are tuned,

@@ -40,6 +40,7 @@ from gateway.anomaly.data import (
     contractor_key,
     project_days,
 )
+from gateway.anomaly.detectors.baselines import Grants, read_grants
 from gateway.anomaly.detectors.common import Context, Finding, Peers
 from gateway.anomaly.detectors.records import canary_touches, catalogue_mismatches
 from gateway.anomaly.detectors.run import (
@@ -52,7 +53,6 @@ from gateway.anomaly.detectors.run import (
     score_series,
     score_vendor,
 )
-from gateway.anomaly.detectors.signals import Grants, read_grants
 
 Across = dict[tuple[int, str | None], list[tuple[str, int]]]
 

@@ -28,6 +28,7 @@ import statistics
 from typing import Any
 
 from gateway.anomaly.data import Series, Who
+from gateway.anomaly.detectors.baselines import DayFacts, day_facts, history
 from gateway.anomaly.detectors.common import (
     MAD_SCALE,
     Context,
@@ -37,13 +38,7 @@ from gateway.anomaly.detectors.common import (
     median_mad,
     num,
 )
-from gateway.anomaly.detectors.signals import (
-    DayFacts,
-    Signal,
-    contractor_signals,
-    day_facts,
-    history,
-)
+from gateway.anomaly.detectors.signals import Signal, contractor_signals
 
 # The key of a vendor's own findings (never a contractor's: those are <issuer>:<sub>).
 VENDOR_PREFIX = "vendor:"

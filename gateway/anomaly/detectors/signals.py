@@ -27,18 +27,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.anomaly.data import PROBE_KINDS, Series
+from gateway.anomaly.detectors.baselines import (
+    DayFacts,
+    History,
+    Team,
+    grants_for,
+    history,
+    team_for,
+    teammates,
+    weekday_counts,
+    weekday_novelty,
+)
 from gateway.anomaly.detectors.common import (
     MAD_SCALE,
     Context,
     Peers,
     day_text,
+    iso,
     median_mad,
     num,
     weekend,
 )
 
-# A first-time departure is judged against this many past occurrences at least.
-MIN_WEEKDAY_OCCURRENCES = 2
 # What a context that explains a departure leaves of its surprise.
 EXPLAINED = 0.15
 # Pseudo-days of the team's rate in a contractor's own refusal rate, and its floor.
@@ -77,263 +87,6 @@ class Signal:
             "explanation": self.text,
             **{key: value for key, value in self.numbers.items() if key not in ("signal",)},
         }
-
-
-@dataclass
-class DayFacts:
-    """What one contractor did on one UTC day, as the signals read it."""
-
-    reads: int = 0
-    read_requests: int = 0
-    annotations: int = 0
-    active: bool = False
-    projects: dict[str | None, int] = field(default_factory=dict)
-    annotated_projects: set[str | None] = field(default_factory=set)
-    addresses: dict[str | None, float] = field(default_factory=dict)  # requests
-    hours_of_day: dict[int, int] = field(default_factory=dict)  # hour of day -> reads
-    refused: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
-    refused_hours: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
-    pages: list[float] = field(default_factory=list)
-
-    @property
-    def project(self) -> str | None:
-        if not self.projects:
-            return None
-        return max(self.projects.items(), key=lambda item: (item[1], item[0] or ""))[0]
-
-    @property
-    def page(self) -> float:
-        return statistics.median(self.pages) if self.pages else 0.0
-
-
-def day_facts(series: Series) -> dict[int, DayFacts]:
-    facts: dict[int, DayFacts] = {}
-    for hour in sorted(series.hours):
-        stats = series.hours[hour]
-        day = facts.setdefault(hour // 24, DayFacts())
-        day.reads += stats.reads
-        day.read_requests += stats.read_requests
-        day.annotations += stats.annotations
-        if stats.active:
-            day.active = True
-            day.hours_of_day[hour % 24] = day.hours_of_day.get(hour % 24, 0) + stats.reads
-        for project, count in stats.projects.items():
-            day.projects[project] = day.projects.get(project, 0) + count
-        if stats.annotations and stats.project is not None:
-            day.annotated_projects.add(stats.project)
-        for address, (_, _, requests) in stats.ips.items():
-            day.addresses[address] = day.addresses.get(address, 0.0) + requests
-        for target, requests in stats.refused.items():
-            day.refused[target] = day.refused.get(target, 0) + requests
-            day.refused_hours[target] = day.refused_hours.get(target, 0) + 1
-        if stats.page > 1:
-            day.pages.append(stats.page)
-    return facts
-
-
-@dataclass
-class History:
-    """The contractor's own active days before the scored day, within `history_days`."""
-
-    days: list[int]
-    facts: dict[int, DayFacts]
-    enrolled_from: int  # the contractor's first active day in the data
-    history_days: int
-
-    @property
-    def n(self) -> int:
-        return len(self.days)
-
-    def median_reads(self) -> float:
-        return statistics.median(self.facts[d].reads for d in self.days) if self.days else 0.0
-
-
-def history(facts: dict[int, DayFacts], day: int, history_days: int) -> History:
-    active = sorted(d for d, f in facts.items() if f.active)
-    window = [d for d in active if day - history_days <= d < day]
-    return History(window, facts, active[0] if active else day, history_days)
-
-
-# --- policy context ----------------------------------------------------------------------
-
-
-class Grants:
-    """Policy grants by subject, to ask: was this project granted to them just before?"""
-
-    def __init__(self, grants: list[Any]) -> None:
-        self.by_subject: dict[str, list[tuple[float, str]]] = {}
-        self.roles: list[tuple[float, str]] = []
-        for grant in grants:
-            if grant.subject.startswith("role:"):
-                # Role membership is not resolved here: a role grant counts for everyone.
-                self.roles.append((grant.ts, grant.project))
-            else:
-                self.by_subject.setdefault(grant.subject, []).append((grant.ts, grant.project))
-
-    def recent(
-        self, key: str, vendor: str | None, project: str | None, start: float, end: float
-    ) -> float | None:
-        """When `project` was last granted to the contractor, their vendor or a role in
-        [start, end); None when it was not."""
-        times = [
-            ts
-            for subject in (key, f"vendor:{vendor}")
-            for ts, granted in self.by_subject.get(subject, [])
-            if granted == project and start <= ts < end
-        ]
-        times += [ts for ts, granted in self.roles if granted == project and start <= ts < end]
-        return max(times) if times else None
-
-    def any_recent(self, key: str, vendor: str | None, start: float, end: float) -> bool:
-        return any(
-            start <= ts < end
-            for subject in (key, f"vendor:{vendor}")
-            for ts, _ in self.by_subject.get(subject, [])
-        ) or any(start <= ts < end for ts, _ in self.roles)
-
-
-def read_grants(ctx: Context) -> list[Any]:
-    """The grants any signal of the scan can ask about: those of the look-back too."""
-    start = (ctx.since_hour - 24 * (ctx.config.history_days + 8)) * 3600
-    return ctx.source.policy_grants(float(start), float(ctx.end_hour * 3600))
-
-
-def grants_for(ctx: Context) -> Grants:
-    """The scan's grants, read once per scan."""
-    cached = ctx.cache.get("grants")
-    if cached is None:
-        cached = ctx.cache["grants"] = Grants(read_grants(ctx))
-    return cached
-
-
-# --- everyone ----------------------------------------------------------------------------
-
-
-def weekday_novelty(ctx: Context, day: int) -> tuple[int, int]:
-    """Over every vendor's contractors in the history window before `day`: (days worked on a
-    weekday the contractor had not worked in at least two chances before, such days). The
-    base rate of working a new weekday, from the daily reads of everyone."""
-    cache = ctx.cache.setdefault("weekday_novelty", {})
-    cached = cache.get(day)
-    if cached is not None:
-        return cached
-    active = ctx.cache.get("active_days")
-    if active is None:
-        active = ctx.cache["active_days"] = {}
-        for (d, _), entries in ctx.cache.get("project_days", {}).items():
-            for key, reads in entries:
-                if reads:
-                    active.setdefault(key, set()).add(d)
-    history_days = ctx.config.history_days
-    odd = chances = 0
-    for days in active.values():
-        first = min(days)
-        for d in range(max(day - history_days, first), day):
-            same = range(d - 7, max(d - history_days, first) - 1, -7)
-            if len(same) < MIN_WEEKDAY_OCCURRENCES or any(x in days for x in same):
-                continue
-            chances += 1
-            odd += d in days
-    cache[day] = (odd, chances)
-    return cache[day]
-
-
-# --- the team ----------------------------------------------------------------------------
-
-
-class Team:
-    """Per day, how each contractor of the vendor departed from their own history: to see
-    when a whole team does the same (a schedule change, a client update)."""
-
-    def __init__(self, peers: Peers, history_days: int) -> None:
-        self.peers = peers
-        self.facts = {key: day_facts(s) for key, s in peers.series.items() if s.who.subject}
-        self.history_days = history_days
-        self._days: dict[int, list[tuple[str, str | None, bool, float | None]]] = {}
-        self._rates: dict[int, float] = {}
-        self._novelty: dict[int, tuple[int, int]] = {}
-
-    def refusal_rate(self, day: int) -> float:
-        """Refused places per active contractor-day over the team's last two weeks."""
-        cached = self._rates.get(day)
-        if cached is None:
-            places = active = 0
-            for facts in self.facts.values():
-                for d in range(day - 14, day):
-                    f = facts.get(d)
-                    if f is not None and f.active:
-                        active += 1
-                        places += len(f.refused)
-            cached = self._rates[day] = (places + 1) / (active + 5)
-        return cached
-
-    def novelty(self, day: int) -> tuple[int, int]:
-        """Over the team's history window: (days a member read a project they had not read
-        before, active days): the base rate of starting on a project here."""
-        cached = self._novelty.get(day)
-        if cached is None:
-            novel = active = 0
-            for facts in self.facts.values():
-                for d in range(day - self.history_days, day):
-                    f = facts.get(d)
-                    if f is None or not f.active:
-                        continue
-                    past = history(facts, d, self.history_days)
-                    if past.n < MIN_WEEKDAY_OCCURRENCES:
-                        continue
-                    active += 1
-                    seen = {p for x in past.days for p in past.facts[x].projects}
-                    novel += bool(set(f.projects) - seen)
-            cached = self._novelty[day] = (novel, active)
-        return cached
-
-    def on(self, day: int) -> list[tuple[str, str | None, bool, float | None]]:
-        """[(key, main project, weekday never worked before, page ratio)] of that day."""
-        cached = self._days.get(day)
-        if cached is None:
-            cached = []
-            for key, facts in self.facts.items():
-                today = facts.get(day)
-                if today is None or not today.active:
-                    continue
-                past = history(facts, day, self.history_days)
-                odd = _weekday_counts(past, day)
-                ratio = _page_ratio(past, today)
-                cached.append((key, today.project, odd is not None and odd[0] == 0, ratio))
-            self._days[day] = cached
-        return cached
-
-
-def team_for(peers: Peers, ctx: Context) -> Team:
-    team = peers.cache.get("team")
-    if team is None:
-        team = peers.cache["team"] = Team(peers, ctx.config.history_days)
-    return team
-
-
-def _teammates(team: Team, key: str, project: str | None, day: int) -> list[tuple[Any, ...]]:
-    return [entry for entry in team.on(day) if entry[0] != key and entry[1] == project]
-
-
-# --- the signals -------------------------------------------------------------------------
-
-
-def _weekday_counts(past: History, day: int) -> tuple[int, int] | None:
-    """(days worked, occurrences) of the scored day's weekday within the history window,
-    since the contractor's first active day; None with too few occurrences."""
-    first = max(day - past.history_days, past.enrolled_from)
-    same = range(day - 7, first - 1, -7)
-    if len(same) < MIN_WEEKDAY_OCCURRENCES:
-        return None
-    worked = sum(1 for d in same if d in past.facts and past.facts[d].active)
-    return worked, len(same)
-
-
-def _page_ratio(past: History, today: DayFacts) -> float | None:
-    pages = [past.facts[d].page for d in past.days if past.facts[d].page > 0]
-    if len(pages) < 3 or today.page <= 0:
-        return None
-    return today.page / statistics.median(pages)
 
 
 def contractor_signals(
@@ -411,10 +164,10 @@ def _new_project(
         )
         if granted is not None:
             surprise *= EXPLAINED
-            text += f", granted by a policy change at {_clock(granted)}"
+            text += f", granted by a policy change at {iso(granted)}"
         else:
             text += f", no grant of it in the {ctx.config.grant_recent_days} days before"
-            mates = _teammates(team, who.key, project, day)
+            mates = teammates(team, who.key, project, day)
             if len(mates) >= 2:
                 surprise *= EXPLAINED
                 text += f"; {len(mates)} teammates read it that day too"
@@ -434,7 +187,7 @@ def _new_project(
 def _weekday(
     series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
-    counts = _weekday_counts(past, day)
+    counts = weekday_counts(past, day)
     if counts is None or counts[0] > 0:
         return None
     worked, occurrences = counts
@@ -448,7 +201,7 @@ def _weekday(
         f"{occurrences} {name}s before; all contractors worked {odd} of {chances} such days "
         f"in the {ctx.config.history_days} days before"
     )
-    mates = _teammates(team, series.who.key, today.project, day)
+    mates = teammates(team, series.who.key, today.project, day)
     odd = [m for m in mates if m[2]]
     if len(odd) >= 2 and len(odd) * 2 >= len(mates):
         surprise *= EXPLAINED
@@ -480,7 +233,7 @@ def _page_size(
         f"{today.page:.1f} records per list request in {len(today.pages)} hours, "
         f"{ratio:.2f}x the usual {usual:.1f} of {total} hours over {days_with} past days"
     )
-    mates = [m for m in _teammates(team, series.who.key, today.project, day) if m[3] is not None]
+    mates = [m for m in teammates(team, series.who.key, today.project, day) if m[3] is not None]
     risen = [m for m in mates if m[3] >= 1 + (ratio - 1) / 2]
     if len(risen) >= 2 and len(risen) * 2 >= len(mates):
         surprise *= EXPLAINED
@@ -643,9 +396,3 @@ def _refusals(
         {"requests": requests, "places": len(today.refused), "rate": round(rate, 3)},
         tuple(sorted(PROBE_KINDS)),
     )
-
-
-def _clock(ts: float) -> str:
-    from gateway.anomaly.detectors.common import iso
-
-    return iso(ts)

@@ -24,7 +24,7 @@ def start_ending_by(end: datetime, days: int) -> datetime:
 
 def iter_rows(simulation: Simulation) -> Iterator[dict[str, Any]]:
     """The access-log rows of a simulation (ids from 1, in time order)."""
-    from gateway.anomaly.data import MemorySource
+    from gateway.anomaly.memory import MemorySource
 
     yield from MemorySource(simulation.requests).rows()
 
@@ -124,7 +124,7 @@ def write_requests(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Append requests' rows to `access_log` as one valid hash chain; mark canaries."""
-    from gateway.anomaly.data import MemorySource
+    from gateway.anomaly.memory import MemorySource
     from gateway.anomaly.store import add_canaries
     from gateway.audit.chain import GENESIS, canonical_time
     from gateway.audit.writer import insert_rows
@@ -165,7 +165,7 @@ def write_requests(
 
 def write_file(simulation: Simulation, path: str) -> int:
     """The rows as JSON lines (gzip-compressed when the name ends in .gz)."""
-    from gateway.anomaly.data import MemorySource
+    from gateway.anomaly.memory import MemorySource
 
     opener: Any = gzip.open if path.endswith(".gz") else open
     written = 0
