@@ -440,3 +440,25 @@ def test_a_scan_of_the_database_reads_the_grant(signal_db: Engine, granted: bool
     ]
     assert texts, findings
     assert all(("granted by a policy change" in t) is granted for t in texts), texts
+
+
+def test_an_episode_keeps_its_key_when_the_window_moves_past_its_start() -> None:
+    """A watch round's window starts a day later each day: an alert of an episode that
+    began before the window must update the same alert, not raise a new one."""
+    people = team()
+    people[1].extra[ATTACK_DAY] = [_trickle(9, spread=True)]
+    people[1].extra[ATTACK_DAY + 1] = [_trickle(9, spread=True)]
+    source = MemorySource(build(people), (), BASE_GRANTS)
+
+    def keys(since_day: int) -> set[str]:
+        found = detect(
+            source,
+            AnomalyConfig(),
+            START + since_day * 86400,
+            START + DAYS * 86400,
+            detectors=["combined"],
+        )
+        return {f.dedup_key for f in found if f.who.key == people[1].key}
+
+    early, late = keys(SCORED_FROM), keys(ATTACK_DAY + 1)
+    assert len(early) == 1 and early == late, (early, late)

@@ -59,7 +59,8 @@ def combined(series: Series, peers: Peers, ctx: Context, others: list[Finding]) 
     start_day = first_day - 7
     by_day: dict[int, list[Finding]] = {}
     for finding in others:
-        for d in range(int(finding.window_start // 86400), int(finding.window_end // 86400) + 1):
+        last = max(finding.window_start, finding.window_end - 1)
+        for d in range(int(finding.window_start // 86400), int(last // 86400) + 1):
             by_day.setdefault(d, []).append(finding)
     carried = 0.0
     trail: list[tuple[int, float, list[Signal]]] = []
@@ -79,10 +80,12 @@ def combined(series: Series, peers: Peers, ctx: Context, others: list[Finding]) 
         if score < c.combined_threshold or not today:
             episode = None
             continue
-        if day < first_day or by_day.get(day):
-            continue
+        # The episode's first day keys its alert, also when it began before the window:
+        # the next round's window starts later and must find the same key.
         if episode is None:
             episode = day
+        if day < first_day or by_day.get(day):
+            continue
         found.append(_finding(series.who, day, score, trail, episode, ctx))
     return found
 
@@ -195,10 +198,10 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
         if cusum < c.vendor_cusum_threshold:
             episode = None
             continue
-        if day < first_day:
-            continue
         if episode is None:
             episode = day
+        if day < first_day:
+            continue
         rising = sorted(own, key=lambda item: -item[2])
         up = [item for item in rising if item[2] > 0]
         end = min((day + 1) * 86400.0, ctx.end_hour * 3600.0)
