@@ -56,6 +56,10 @@ class Person:
     volume: dict[int, float] = field(default_factory=dict)  # day -> factor
     also: set[int] = field(default_factory=set)  # days worked besides the weekdays
     unworked: set[str] = field(default_factory=set)  # projects read and not annotated
+    idle: set[int] = field(default_factory=set)  # days read and not annotated
+    off: set[int] = field(default_factory=set)  # days off (holidays)
+    hours: dict[int, tuple[int, int]] = field(default_factory=dict)  # day -> [from, to) UTC
+    addresses: dict[int, str] = field(default_factory=dict)  # day -> the day's address
 
     @property
     def issuer(self) -> str:
@@ -105,11 +109,12 @@ def build(people: list[Person], seed: int = 7) -> list[Request]:
         cursor = {"p1": 0, "p2": 0}
         for day in range(DAYS):
             weekday = day % 7
-            if weekday not in person.weekdays and day not in person.also:
+            if (weekday not in person.weekdays and day not in person.also) or day in person.off:
                 continue
             page = person.pages.get(day, person.page)
             factor = person.volume.get(day, 1.0)
-            for hour in range(9, 17):
+            address = person.addresses.get(day, person.ip)
+            for hour in range(*person.hours.get(day, (9, 17))):
                 lists = 2 + (rng.random() < 0.5)
                 lists = max(1, round(lists * factor + (rng.random() - 0.5) * (factor - 1) * 2))
                 for n in range(lists):
@@ -128,9 +133,10 @@ def build(people: list[Person], seed: int = 7) -> list[Request]:
                             path=f"/api/projects/{project}/tasks/t1/records?page={first}",
                             project=project,
                             record_ids=records,
+                            client_ip=address,
                         )
                     )
-                    if project not in person.unworked:
+                    if project not in person.unworked and day not in person.idle:
                         for offset, record in enumerate(records[: page // 2]):
                             requests.append(
                                 _request(
@@ -143,6 +149,7 @@ def build(people: list[Person], seed: int = 7) -> list[Request]:
                                     project=project,
                                     action="annotate",
                                     upstream_status=201,
+                                    client_ip=address,
                                     record_ids=(record,),
                                 )
                             )
@@ -332,6 +339,69 @@ def test_a_rise_of_everyone_on_the_project_does_not() -> None:
         for day in range(SCORED_FROM, DAYS):
             person.volume[day] = 1.3
     assert [f for f in run(people) if f.detector == "vendor_rise"] == []
+
+
+# --- volume, work left undone, hours, addresses --------------------------------------------
+# Low-weight signals: the threshold is lowered to see each one (and its twin's silence).
+
+
+def signal_points(people: list[Person], key: str, name: str) -> float:
+    """The most points the named signal of `key` scored on a scored day (0: none)."""
+    findings = run(people, combined_threshold=0.01, combined_min_points=0.0)
+    return max(
+        (
+            s["points"]
+            for f in findings
+            if f.who.key == key and f.detector == "combined"
+            for s in f.evidence["signals"]
+            if s["signal"] == name
+        ),
+        default=0.0,
+    )
+
+
+def test_reading_far_more_than_the_own_level_raises_volume() -> None:
+    people = team()
+    people[2].volume[ATTACK_DAY] = 3.0
+    assert signal_points(people, people[2].key, "volume") >= 2.0
+
+
+def test_the_same_day_after_days_off_is_catching_up() -> None:
+    people = team()
+    people[2].volume[ATTACK_DAY] = 3.0
+    people[2].off = {ATTACK_DAY - 2, ATTACK_DAY - 1}
+    loud = team()
+    loud[2].volume[ATTACK_DAY] = 3.0
+    assert signal_points(people, people[2].key, "volume") < 0.3 * signal_points(
+        loud, loud[2].key, "volume"
+    )
+
+
+def test_reading_without_annotating_raises_unannotated() -> None:
+    people = team()
+    people[3].idle = {ATTACK_DAY}
+    assert signal_points(people, people[3].key, "unannotated") >= 2.0
+    assert signal_points(team(), people[3].key, "unannotated") == 0.0
+
+
+def test_work_at_night_raises_unusual_hours_and_a_shift_by_an_hour_does_not() -> None:
+    people = team()
+    people[4].hours[ATTACK_DAY] = (0, 6)
+    assert signal_points(people, people[4].key, "unusual_hours") > 0.5
+    shifted = team()
+    shifted[4].hours[ATTACK_DAY] = (10, 18)
+    assert signal_points(shifted, shifted[4].key, "unusual_hours") == 0.0
+
+
+def test_an_unseen_address_raises_new_address_and_a_known_one_does_not() -> None:
+    people = team()
+    people[5].addresses[ATTACK_DAY] = "203.0.113.9"
+    assert signal_points(people, people[5].key, "new_address") > 0.5
+    known = team()
+    for day in range(0, DAYS, 3):
+        known[5].addresses[day] = "198.51.100.7"  # home, now and then
+    known[5].addresses[ATTACK_DAY] = "198.51.100.7"
+    assert signal_points(known, known[5].key, "new_address") == 0.0
 
 
 # --- the score explains itself -----------------------------------------------------------

@@ -62,6 +62,12 @@ MIN_PAGE_DAYS = 5
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
+def explained(surprise: float, ctx: Context) -> float:
+    """What is left of a surprise that context explains: a share of at most the cap, so an
+    explained departure never outweighs an unexplained one however large it is."""
+    return min(surprise, ctx.config.combined_signal_cap) * EXPLAINED
+
+
 @dataclass
 class Signal:
     """One departure of one contractor-day from the contractor's own baseline."""
@@ -163,13 +169,13 @@ def _new_project(
             f"{num(today.reads)} records that day ({share:.0%})"
         )
         if granted is not None:
-            surprise *= EXPLAINED
+            surprise = explained(surprise, ctx)
             text += f", granted by a policy change at {iso(granted)}"
         else:
             text += f", no grant of it in the {ctx.config.grant_recent_days} days before"
             mates = teammates(team, who.key, project, day)
             if len(mates) >= 2:
-                surprise *= EXPLAINED
+                surprise = explained(surprise, ctx)
                 text += f"; {len(mates)} teammates read it that day too"
         signal = Signal(
             "new_project",
@@ -204,7 +210,7 @@ def _weekday(
     mates = teammates(team, series.who.key, today.project, day)
     odd = [m for m in mates if m[2]]
     if len(odd) >= 2 and len(odd) * 2 >= len(mates):
-        surprise *= EXPLAINED
+        surprise = explained(surprise, ctx)
         text += f"; so do {len(odd)} of {len(mates)} teammates (a schedule change)"
     return Signal("unusual_weekday", day, surprise, 1.0, text, {"weekday": name})
 
@@ -236,7 +242,7 @@ def _page_size(
     mates = [m for m in teammates(team, series.who.key, today.project, day) if m[3] is not None]
     risen = [m for m in mates if m[3] >= 1 + (ratio - 1) / 2]
     if len(risen) >= 2 and len(risen) * 2 >= len(mates):
-        surprise *= EXPLAINED
+        surprise = explained(surprise, ctx)
         text += f"; {len(risen)} of {len(mates)} teammates' pages grew too (a client change)"
     return Signal("page_size", day, surprise, 1.0, text, {"ratio": round(ratio, 3)})
 
@@ -275,7 +281,7 @@ def _volume(
     surprise = z * z / 2
     off = [d for d in range(day - 4, day) if not weekend(d) and d not in past.days]
     if len(off) >= 2 and past.enrolled_from < day - 4:
-        surprise *= EXPLAINED
+        surprise = explained(surprise, ctx)
         text += f"; catching up after {len(off)} working days off"
     return Signal("volume", day, surprise, 0.5, text, {"ratio": round(ratio, 3), "z": round(z, 2)})
 
