@@ -22,6 +22,7 @@ Every access-log row falls into exactly one *kind* (`classify`, and the same CAS
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -251,9 +252,19 @@ class Series:
                 day.annotations += stats.annotations
                 if stats.active:
                     day.active_hours.append(hour)
+                    day.hours_of_day[hour % 24] = day.hours_of_day.get(hour % 24, 0) + stats.reads
                 for project, count in stats.projects.items():
                     day.projects[project] = day.projects.get(project, 0) + count
                 day.tasks |= stats.tasks
+                if stats.annotations and stats.project is not None:
+                    day.annotated_projects.add(stats.project)
+                for address, (_, _, requests) in stats.ips.items():
+                    day.addresses[address] = day.addresses.get(address, 0.0) + requests
+                for target, requests in stats.refused.items():
+                    day.refused[target] = day.refused.get(target, 0) + requests
+                    day.refused_hours[target] = day.refused_hours.get(target, 0) + 1
+                if stats.page > 1:
+                    day.pages.append(stats.page)
             self._days = days
         return self._days
 
@@ -266,6 +277,13 @@ class Day:
     active_hours: list[int] = field(default_factory=list)
     projects: dict[str | None, int] = field(default_factory=dict)
     tasks: set[tuple[str | None, str | None]] = field(default_factory=set)
+    # What the weak signals read (detectors/signals.py).
+    annotated_projects: set[str | None] = field(default_factory=set)
+    addresses: dict[str | None, float] = field(default_factory=dict)  # requests
+    hours_of_day: dict[int, int] = field(default_factory=dict)  # hour of day -> reads
+    refused: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    refused_hours: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    pages: list[float] = field(default_factory=list)  # the page size of each hour listing
 
     @property
     def project(self) -> str | None:
@@ -274,6 +292,10 @@ class Day:
     @property
     def active(self) -> bool:
         return bool(self.active_hours)
+
+    @property
+    def page(self) -> float:
+        return statistics.median(self.pages) if self.pages else 0.0
 
 
 def main_project(projects: dict[str | None, int]) -> str | None:

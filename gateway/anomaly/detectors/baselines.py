@@ -4,10 +4,10 @@ team's, everyone's, and the policy grants (see signals.py)."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.anomaly.data import Series, main_project
+from gateway.anomaly.data import Day
 from gateway.anomaly.detectors.common import Context, Peers
 
 # A first-time departure is judged against this many past occurrences at least.
@@ -15,61 +15,11 @@ MIN_WEEKDAY_OCCURRENCES = 2
 
 
 @dataclass
-class DayFacts:
-    """What one contractor did on one UTC day, as the signals read it."""
-
-    reads: int = 0
-    read_requests: int = 0
-    annotations: int = 0
-    active: bool = False
-    projects: dict[str | None, int] = field(default_factory=dict)
-    annotated_projects: set[str | None] = field(default_factory=set)
-    addresses: dict[str | None, float] = field(default_factory=dict)  # requests
-    hours_of_day: dict[int, int] = field(default_factory=dict)  # hour of day -> reads
-    refused: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
-    refused_hours: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
-    pages: list[float] = field(default_factory=list)
-
-    @property
-    def project(self) -> str | None:
-        return main_project(self.projects)
-
-    @property
-    def page(self) -> float:
-        return statistics.median(self.pages) if self.pages else 0.0
-
-
-def day_facts(series: Series) -> dict[int, DayFacts]:
-    facts: dict[int, DayFacts] = {}
-    for hour in sorted(series.hours):
-        stats = series.hours[hour]
-        day = facts.setdefault(hour // 24, DayFacts())
-        day.reads += stats.reads
-        day.read_requests += stats.read_requests
-        day.annotations += stats.annotations
-        if stats.active:
-            day.active = True
-            day.hours_of_day[hour % 24] = day.hours_of_day.get(hour % 24, 0) + stats.reads
-        for project, count in stats.projects.items():
-            day.projects[project] = day.projects.get(project, 0) + count
-        if stats.annotations and stats.project is not None:
-            day.annotated_projects.add(stats.project)
-        for address, (_, _, requests) in stats.ips.items():
-            day.addresses[address] = day.addresses.get(address, 0.0) + requests
-        for target, requests in stats.refused.items():
-            day.refused[target] = day.refused.get(target, 0) + requests
-            day.refused_hours[target] = day.refused_hours.get(target, 0) + 1
-        if stats.page > 1:
-            day.pages.append(stats.page)
-    return facts
-
-
-@dataclass
 class History:
     """The contractor's own active days before the scored day, within `history_days`."""
 
     days: list[int]
-    facts: dict[int, DayFacts]
+    facts: dict[int, Day]
     enrolled_from: int  # the contractor's first active day in the data
     history_days: int
 
@@ -81,7 +31,7 @@ class History:
         return statistics.median(self.facts[d].reads for d in self.days) if self.days else 0.0
 
 
-def history(facts: dict[int, DayFacts], day: int, history_days: int) -> History:
+def history(facts: dict[int, Day], day: int, history_days: int) -> History:
     active = sorted(d for d, f in facts.items() if f.active)
     window = [d for d in active if day - history_days <= d < day]
     return History(window, facts, active[0] if active else day, history_days)
@@ -180,7 +130,7 @@ class Team:
 
     def __init__(self, peers: Peers, history_days: int) -> None:
         self.peers = peers
-        self.facts = {key: day_facts(s) for key, s in peers.series.items() if s.who.subject}
+        self.facts = {key: s.days() for key, s in peers.series.items() if s.who.subject}
         self.history_days = history_days
         self._days: dict[int, list[tuple[str, str | None, bool, float | None]]] = {}
         self._rates: dict[int, float] = {}
@@ -262,7 +212,7 @@ def weekday_counts(past: History, day: int) -> tuple[int, int] | None:
     return worked, len(same)
 
 
-def page_ratio(past: History, today: DayFacts) -> float | None:
+def page_ratio(past: History, today: Day) -> float | None:
     pages = [past.facts[d].page for d in past.days if past.facts[d].page > 0]
     if len(pages) < 3 or today.page <= 0:
         return None

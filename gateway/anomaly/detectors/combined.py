@@ -27,8 +27,8 @@ import math
 import statistics
 from typing import Any
 
-from gateway.anomaly.data import Series, Who
-from gateway.anomaly.detectors.baselines import DayFacts, day_facts, history
+from gateway.anomaly.data import Day, Series, Who
+from gateway.anomaly.detectors.baselines import history
 from gateway.anomaly.detectors.common import (
     MAD_SCALE,
     Context,
@@ -52,7 +52,7 @@ def combined(series: Series, peers: Peers, ctx: Context, others: list[Finding]) 
     if series.who.subject is None:
         return []
     c = ctx.config
-    facts = day_facts(series)
+    facts = series.days()
     first_day = ctx.since_hour // 24
     last_day = (ctx.end_hour - 1) // 24
     # Scored days start early enough for the carried score to settle (decay^7 < 1 %).
@@ -157,7 +157,7 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
     first_day = ctx.since_hour // 24
     last_day = (ctx.end_hour - 1) // 24
     members = {key for key, s in peers.series.items() if s.who.subject is not None}
-    facts = {key: day_facts(peers.series[key]) for key in members}
+    facts = {key: peers.series[key].days() for key in members}
     found: list[Finding] = []
     cusum = 0.0
     episode: int | None = None
@@ -238,7 +238,7 @@ def vendor_rise(vendor: str | None, peers: Peers, ctx: Context) -> list[Finding]
 
 
 def _own_changes(
-    facts: dict[str, dict[int, DayFacts]], day: int, history_days: int, min_days: int
+    facts: dict[str, dict[int, Day]], day: int, history_days: int, min_days: int
 ) -> list[tuple[str, str | None, float]]:
     """(contractor, main project, reads against their own usual) of the day."""
     out = []

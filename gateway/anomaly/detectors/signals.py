@@ -26,9 +26,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.anomaly.data import PROBE_KINDS, Series
+from gateway.anomaly.data import PROBE_KINDS, Day, Series
 from gateway.anomaly.detectors.baselines import (
-    DayFacts,
     History,
     Team,
     grants_for,
@@ -96,7 +95,7 @@ class Signal:
 
 
 def contractor_signals(
-    series: Series, facts: dict[int, DayFacts], day: int, peers: Peers, ctx: Context
+    series: Series, facts: dict[int, Day], day: int, peers: Peers, ctx: Context
 ) -> list[Signal]:
     """Every weak signal of one contractor-day (empty without enough history)."""
     today = facts.get(day)
@@ -127,7 +126,7 @@ def contractor_signals(
 
 
 def _new_project(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     first_read: dict[str | None, int] = {}
     novel_days = 0
@@ -191,7 +190,7 @@ def _new_project(
 
 
 def _weekday(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     counts = weekday_counts(past, day)
     if counts is None or counts[0] > 0:
@@ -216,7 +215,7 @@ def _weekday(
 
 
 def _page_size(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     """Larger list pages than the own history's: each of the day's hours with pages is
     ranked among the history's hours (how many were at least as large), and the ranks are
@@ -255,13 +254,13 @@ def _gamma_log_tail(k: int, x: float) -> float:
 
 
 def _volume(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     """Reads above the own level, both taken relative to the peers of the day (so that a
     team's deadline or ramp-up moves the baseline, not the signal)."""
     peers = team.peers
 
-    def level(d: int, f: DayFacts) -> float | None:
+    def level(d: int, f: Day) -> float | None:
         baseline = peers.day_baseline(series.who.key, f.project, d)
         return None if baseline is None else math.log((f.reads + 10) / (baseline[0] + 10))
 
@@ -287,7 +286,7 @@ def _volume(
 
 
 def _unannotated(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     """Records fetched and not worked on: read requests per annotation above the own level."""
     annotated = [d for d in past.days if past.facts[d].annotations]
@@ -313,7 +312,7 @@ def _unannotated(
 
 
 def _hours(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     usual: set[int] = set()
     for d in past.days:
@@ -329,7 +328,7 @@ def _hours(
 
 
 def _addresses(
-    series: Series, today: DayFacts, past: History, day: int, ctx: Context, team: Team
+    series: Series, today: Day, past: History, day: int, ctx: Context, team: Team
 ) -> Signal | None:
     seen: set[str | None] = set()
     for d in past.days:
@@ -351,7 +350,7 @@ def _addresses(
 
 
 def _refusals(
-    series: Series, today: DayFacts, past: History, day: int, peers: Peers, ctx: Context
+    series: Series, today: Day, past: History, day: int, peers: Peers, ctx: Context
 ) -> Signal | None:
     """Refused requests, counted by place (a retrying client is one place), weighed down on
     projects the contractor worked on (stale links after a move)."""
@@ -361,7 +360,7 @@ def _refusals(
     for d in past.days:
         worked |= set(past.facts[d].projects)
 
-    def places(f: DayFacts) -> float:
+    def places(f: Day) -> float:
         total = 0.0
         for target, hours in f.refused_hours.items():
             weight = 0.3 if target[0] in worked else 1.0
